@@ -1,0 +1,7 @@
+"""`python -m layerwise` (and `torchrun -m layerwise`) runs the CLI."""
+
+import sys
+
+from layerwise.cli import main
+
+sys.exit(main())
