@@ -1,0 +1,151 @@
+"""A decoder-only transformer whose blocks each have their own FFN width and head count.
+
+The study's block (OLMo2): reordered norm, QK-norm over the whole q and k projections, RoPE,
+grouped-query attention through `scaled_dot_product_attention`, SwiGLU, no biases, untied LM head.
+Every width comes from the `ModelShape` passed in; nothing here re-derives it. The model knows
+nothing of training or parallelism: compilation, sharding and wrapping are applied from outside.
+
+Initialisation follows OLMo2: every weight matrix from a normal distribution with std 0.02,
+truncated at 3 std, norms at 1. The reordered norm normalises each sub-layer's output before it
+joins the residual stream, so no depth- or width-dependent rescaling is needed, and all profiles
+start from the same distribution whatever their per-layer widths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise.losses import linear_cross_entropy
+from layerwise.profiles import LayerSpec, ModelShape
+
+NormOrder = Literal["reordered", "pre"]
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """Choices about the block that leave its parameter count unchanged."""
+
+    norm_order: NormOrder = "reordered"
+    rope_theta: float = 500_000.0
+    norm_eps: float = 1e-6
+    max_seq_len: int = 4096
+    init_std: float = 0.02
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, float32, shape [max_seq_len, head_dim // 2]."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [batch, heads, seq, head_dim] by position (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return rotated.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, head_dim: int, layer: LayerSpec, eps: float) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = layer.n_heads, layer.n_kv_heads, head_dim
+        q_dim, kv_dim = layer.n_heads * head_dim, layer.n_kv_heads * head_dim
+        self.w_q = nn.Linear(d_model, q_dim, bias=False)
+        self.w_k = nn.Linear(d_model, kv_dim, bias=False)
+        self.w_v = nn.Linear(d_model, kv_dim, bias=False)
+        self.w_o = nn.Linear(q_dim, d_model, bias=False)
+        self.q_norm = nn.RMSNorm(q_dim, eps=eps)
+        self.k_norm = nn.RMSNorm(kv_dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_norm(self.w_q(x)).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_norm(self.w_k(x)).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.w_v(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if v.dtype != q.dtype:
+            v = v.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.w_o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, d_ffn: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ffn, bias=False)
+        self.w3 = nn.Linear(d_model, d_ffn, bias=False)
+        self.w2 = nn.Linear(d_ffn, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, shape: ModelShape, layer: LayerSpec, options: BlockOptions) -> None:
+        super().__init__()
+        self.reordered = options.norm_order == "reordered"
+        self.attention = Attention(shape.d_model, shape.head_dim, layer, options.norm_eps)
+        self.attention_norm = nn.RMSNorm(shape.d_model, eps=options.norm_eps)
+        self.ffn = SwiGLU(shape.d_model, layer.d_ffn)
+        self.ffn_norm = nn.RMSNorm(shape.d_model, eps=options.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.reordered:
+            h = x + self.attention_norm(self.attention(x, cos, sin))
+            return h + self.ffn_norm(self.ffn(h))
+        h = x + self.attention(self.attention_norm(x), cos, sin)
+        return h + self.ffn(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, shape: ModelShape, options: BlockOptions | None = None) -> None:
+        super().__init__()
+        self.shape = shape
+        self.options = options or BlockOptions()
+        self.embedding = nn.Embedding(shape.vocab_size, shape.d_model)
+        self.blocks = nn.ModuleList(Block(shape, layer, self.options) for layer in shape.layers)
+        self.final_norm = nn.RMSNorm(shape.d_model, eps=self.options.norm_eps)
+        self.lm_head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
+        if shape.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        cos, sin = rope_tables(shape.head_dim, self.options.max_seq_len, self.options.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.options.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final-norm output [batch, seq, d_model], the input of the LM head."""
+        seq = tokens.shape[1]
+        if seq > self.options.max_seq_len:
+            raise ValueError(f"sequence length {seq} exceeds max_seq_len={self.options.max_seq_len}")
+        cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+        x = self.embedding(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.final_norm(x)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy when `targets` is given, else the logits.
+
+        The loss never materialises the full float32 logits: it is computed in chunks of tokens,
+        which keeps memory flat in the vocabulary size.
+        """
+        hidden = self.hidden_states(tokens)
+        if targets is None:
+            return self.lm_head(hidden)
+        return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
