@@ -18,9 +18,6 @@ from typing import Literal
 
 from layerwise.errors import UserError
 
-FFN_DIVISOR = 256
-"""The study (and OpenELM) round every FFN width to a multiple of 256."""
-
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -72,7 +69,8 @@ class ProfileSpec:
     `ffn` and `qkv` hold anchors: two (linear, rounded to 2 decimals as in OpenELM), three (the
     study's Crown interpolation), any other number (evenly spaced knots), or exactly one value per
     layer (used as given). `frame` overwrites the first and last layer with the reference layer
-    (`frame_ffn`, `frame_qkv`), which is never rescaled by the budget solver.
+    (`frame_ffn`, `frame_qkv`), which is never rescaled by the budget solver. FFN widths are
+    rounded to multiples of `ffn_divisor` (256 in the study and OpenELM; tiny models want less).
     """
 
     ffn: tuple[float, ...]
@@ -86,6 +84,7 @@ class ProfileSpec:
     tie_embeddings: bool = False
     frame_ffn: float = 4.0
     frame_qkv: float = 1.0
+    ffn_divisor: int = 256
 
 
 PRESETS: dict[str, ProfileSpec] = {
@@ -157,6 +156,7 @@ def _validate(spec: ProfileSpec) -> None:
         (spec.d_model >= 1, "d_model", "must be positive"),
         (spec.head_dim >= 1, "head_dim", "must be positive"),
         (spec.gqa_group >= 1, "gqa_group", "must be at least 1 query head per KV head"),
+        (spec.ffn_divisor >= 1, "ffn_divisor", "must be positive"),
         (spec.vocab_size >= 1, "vocab_size", "must be positive"),
     ]
     for ok, setting, why in checks:
@@ -178,7 +178,7 @@ def build_shape(spec: ProfileSpec) -> ModelShape:
         n_heads = make_divisible(a * spec.d_model, heads_divisor) // spec.head_dim
         layers.append(
             LayerSpec(
-                d_ffn=make_divisible(b * spec.d_model, FFN_DIVISOR),
+                d_ffn=make_divisible(b * spec.d_model, spec.ffn_divisor),
                 n_heads=n_heads,
                 n_kv_heads=n_heads // spec.gqa_group,
             )
@@ -364,7 +364,7 @@ def _too_small_message(spec: ProfileSpec, target: int, smallest: int, metric: Me
     layer = shape.layers[0]
     return (
         f"target {metric}={target:,} is below {smallest:,}, the size with every layer at its minimum"
-        f" width (layer 0: d_ffn={layer.d_ffn}, one FFN divisor of {FFN_DIVISOR}; "
+        f" width (layer 0: d_ffn={layer.d_ffn}, one FFN divisor of {spec.ffn_divisor}; "
         f"n_heads={layer.n_heads}, one group of gqa_group={spec.gqa_group} heads); "
         "lower n_layers or d_model, or raise the target"
     )
