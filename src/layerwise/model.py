@@ -52,6 +52,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.to(x.dtype)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 whatever the activation dtype, returned in that dtype.
+
+    Under bf16 autocast the activations arrive in bf16 while the weight stays float32; upcasting
+    keeps the normalisation exact and lets PyTorch use its fused kernel.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, head_dim: int, layer: LayerSpec, eps: float) -> None:
         super().__init__()
@@ -61,8 +77,8 @@ class Attention(nn.Module):
         self.w_k = nn.Linear(d_model, kv_dim, bias=False)
         self.w_v = nn.Linear(d_model, kv_dim, bias=False)
         self.w_o = nn.Linear(q_dim, d_model, bias=False)
-        self.q_norm = nn.RMSNorm(q_dim, eps=eps)
-        self.k_norm = nn.RMSNorm(kv_dim, eps=eps)
+        self.q_norm = RMSNorm(q_dim, eps=eps)
+        self.k_norm = RMSNorm(kv_dim, eps=eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -92,9 +108,9 @@ class Block(nn.Module):
         super().__init__()
         self.reordered = options.norm_order == "reordered"
         self.attention = Attention(shape.d_model, shape.head_dim, layer, options.norm_eps)
-        self.attention_norm = nn.RMSNorm(shape.d_model, eps=options.norm_eps)
+        self.attention_norm = RMSNorm(shape.d_model, eps=options.norm_eps)
         self.ffn = SwiGLU(shape.d_model, layer.d_ffn)
-        self.ffn_norm = nn.RMSNorm(shape.d_model, eps=options.norm_eps)
+        self.ffn_norm = RMSNorm(shape.d_model, eps=options.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.reordered:
@@ -111,7 +127,7 @@ class Transformer(nn.Module):
         self.options = options or BlockOptions()
         self.embedding = nn.Embedding(shape.vocab_size, shape.d_model)
         self.blocks = nn.ModuleList(Block(shape, layer, self.options) for layer in shape.layers)
-        self.final_norm = nn.RMSNorm(shape.d_model, eps=self.options.norm_eps)
+        self.final_norm = RMSNorm(shape.d_model, eps=self.options.norm_eps)
         self.lm_head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
         if shape.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
@@ -125,7 +141,7 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.trunc_normal_(module.weight, std=std, a=-3 * std, b=3 * std)
-            elif isinstance(module, nn.RMSNorm):
+            elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
     def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:

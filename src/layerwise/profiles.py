@@ -267,6 +267,7 @@ class BudgetResult:
 TOLERANCE = 0.005
 """The solver stops looking for a better attention scale once it lands within 0.5%."""
 
+_MIN_SCALE = 1e-6
 _MAX_SCALE = 64.0
 
 
@@ -289,7 +290,7 @@ def _closest_scale(cost: Callable[[float], int], target: int) -> float:
     Rounding makes cost a staircase in the scale, so bisection finds the step boundary and the
     two neighbouring steps are compared.
     """
-    lo, hi = 0.0, _MAX_SCALE
+    lo, hi = _MIN_SCALE, _MAX_SCALE
     for _ in range(60):
         mid = (lo + hi) / 2
         if cost(mid) < target:
@@ -297,7 +298,7 @@ def _closest_scale(cost: Callable[[float], int], target: int) -> float:
         else:
             hi = mid
     below, above = cost(lo), cost(hi)
-    return lo if lo > 0 and target - below < above - target else hi
+    return lo if target - below < above - target else hi
 
 
 def solve_budget(
@@ -317,7 +318,7 @@ def solve_budget(
     def cost(ffn_scale: float, qkv_scale: float) -> int:
         return measure(build_shape(scaled(spec, ffn_scale, qkv_scale)), metric, seq_len)
 
-    smallest = cost(1e-9, 1e-9)
+    smallest = cost(_MIN_SCALE, _MIN_SCALE)
     if target < smallest:
         raise UserError(_too_small_message(spec, target, smallest, metric))
     if target > cost(_MAX_SCALE, _MAX_SCALE):
@@ -349,24 +350,25 @@ def solve_budget(
 
 def _qkv_scale_candidates() -> list[float]:
     """Attention scales to try, the recipe's own first, then ever further from it."""
-    steps = [1.0 + 0.02 * k for k in range(1, 26)]
+    steps = [1.02**k for k in range(1, 57)]
     return [1.0] + [s for step in steps for s in (1 / step, step)]
 
 
 def _too_small_message(spec: ProfileSpec, target: int, smallest: int, metric: Metric) -> str:
-    shape = build_shape(scaled(spec, 1e-9, 1e-9))
+    shape = build_shape(scaled(spec, _MIN_SCALE, _MIN_SCALE))
     if metric == "params" and target < embedding_params(shape):
         return (
             f"target params={target:,} is below the embedding and LM head alone "
             f"({embedding_params(shape):,} for vocab_size={spec.vocab_size}, d_model={spec.d_model});"
             " lower vocab_size or d_model, or raise the target"
         )
-    layer = shape.layers[0]
+    index, layer = min(enumerate(shape.layers), key=lambda item: item[1].d_ffn)
+    frame = " (the frame layers keep the reference width)" if spec.frame else ""
     return (
-        f"target {metric}={target:,} is below {smallest:,}, the size with every layer at its minimum"
-        f" width (layer 0: d_ffn={layer.d_ffn}, one FFN divisor of {spec.ffn_divisor}; "
-        f"n_heads={layer.n_heads}, one group of gqa_group={spec.gqa_group} heads); "
-        "lower n_layers or d_model, or raise the target"
+        f"target {metric}={target:,} is below {smallest:,}, the size with every scaled layer at its"
+        f" minimum width{frame}: layer {index} would need d_ffn below one ffn_divisor"
+        f" ({spec.ffn_divisor}) and fewer than one group of gqa_group={spec.gqa_group} heads"
+        f" ({layer.n_heads} of head_dim {spec.head_dim}); lower n_layers or d_model, or raise the target"
     )
 
 

@@ -1,0 +1,124 @@
+"""Pictures a reader would rather look at than read: allocation profiles and training curves.
+
+One colour per profile throughout (the same name gets the same colour in every figure of a
+report), axes labelled, legends outside the data. Figures are written atomically. Matplotlib's
+object API is used without pyplot, so plotting needs no display and touches no global state.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from layerwise.fsutil import atomic_write_bytes
+from layerwise.profiles import ModelShape, layer_params
+
+_PALETTE = {
+    "isotropic": "#4d4d4d",
+    "vanilla": "#1f77b4",
+    "framed": "#2ca02c",
+    "reverse": "#d62728",
+    "crown": "#9467bd",
+}
+_EXTRA = ["#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _study_colour(name: str) -> str | None:
+    for shape, colour in _PALETTE.items():
+        if name == shape or name.endswith(f"-{shape}"):
+            return colour
+    return None
+
+
+def colour_for(name: str, names: Sequence[str]) -> str:
+    """A stable colour: the study's shapes keep theirs, other names take the next free one."""
+    known = _study_colour(name)
+    if known is not None:
+        return known
+    others = [n for n in names if _study_colour(n) is None]
+    return _EXTRA[others.index(name) % len(_EXTRA)] if name in others else _EXTRA[0]
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """PNG at 150 dpi, written atomically so an interrupted run leaves no broken image."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    return atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def plot_allocation(shapes: Mapping[str, ModelShape], path: str | Path) -> Path:
+    """The study's 'parameter allocation' figure: parameters, FFN width and heads per layer."""
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3, sharex=True)
+    panels = [
+        ("Parameters per layer", "millions", lambda shape, layer: layer_params(shape, layer) / 1e6),
+        ("FFN width per layer", "d_ffn", lambda shape, layer: layer.d_ffn),
+        ("Attention per layer", "query heads", lambda shape, layer: layer.n_heads),
+    ]
+    names = list(shapes)
+    for ax, (title, ylabel, value) in zip(axes, panels, strict=True):
+        for name, shape in shapes.items():
+            ax.plot(
+                range(shape.n_layers),
+                [value(shape, layer) for layer in shape.layers],
+                color=colour_for(name, names),
+                marker="o",
+                markersize=3,
+                alpha=0.85,
+                label=name,
+            )
+        ax.set(title=title, xlabel="layer index", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_curves(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    zoom_last: float | None = None,
+    spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
+) -> Path:
+    """One line per profile; `zoom_last` keeps only the last fraction of x to show small gaps.
+
+    `spread` gives (x, low, high) bands, e.g. min/max over seeds, drawn behind each line.
+    """
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    names = list(series)
+    x_max = max((p[0] for points in series.values() for p in points), default=0.0)
+    x_min = x_max * (1 - zoom_last) if zoom_last else float("-inf")
+    for name, points in series.items():
+        kept = [(x, y) for x, y in points if x >= x_min]
+        if not kept:
+            continue
+        colour = colour_for(name, names)
+        ax.plot([x for x, _ in kept], [y for _, y in kept], color=colour, label=name, linewidth=1.4)
+        band = [b for b in (spread or {}).get(name, []) if b[0] >= x_min]
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=colour, alpha=0.15)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_bars(values: Mapping[str, float], path: str | Path, *, title: str, ylabel: str) -> Path:
+    """A bar per profile, labelled with its value, for figures like tokens/s."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    names = list(values)
+    bars = ax.bar(names, list(values.values()), color=[colour_for(n, names) for n in names])
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values.values()], padding=2)
+    ax.set(title=title, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)

@@ -1,0 +1,77 @@
+"""`layerwise profile`: what a user sees and what scripts parse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from layerwise.cli import main
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(["profile", "show", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_show_json_has_the_documented_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_json(capsys, "paper-18l-crown")
+    assert set(report) == {"layers", "total_params", "non_embedding_params", "flops_per_token"}
+    assert set(report["layers"][0]) == {"index", "d_ffn", "n_heads", "n_kv_heads", "params"}
+    assert [row["d_ffn"] for row in report["layers"]][:3] == [3072, 768, 1024]
+    assert round(report["total_params"] / 1e6, 2) == 181.91
+
+
+def test_show_table_lists_every_layer_and_total(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "show", "paper-18l-reverse"]) == 0
+    out = capsys.readouterr().out
+    assert "179.35M parameters" in out
+    assert out.count("│") > 18 * 6
+
+
+def test_custom_recipe_with_budget_reports_distance(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--layers", "12", "--d-model", "512", "--ffn", "1,4", "--qkv", "0.5,1", "--vocab", "32000",
+            "--target-params", "80M"]
+    report = run_json(capsys, *argv)
+    assert len(report["layers"]) == 12
+    assert abs(report["budget"]["relative_error"]) <= 0.005
+    assert abs(report["total_params"] - 80_000_000) <= 0.005 * 80_000_000
+    assert main(["profile", "show", *argv]) == 0
+    assert "landed at" in capsys.readouterr().out
+
+
+def test_match_another_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_json(capsys, "crown", "--match", "paper-18l-isotropic")
+    assert abs(report["total_params"] - 183_477_504) <= 0.005 * 183_477_504
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["nonsense"], "unknown profile 'nonsense'"),
+        (["crown", "--target-params", "10M"], "below the embedding"),
+        (["--ffn", "1,x", "--qkv", "1,1"], "--ffn '1,x'"),
+        ([], "name a preset or shape"),
+    ],
+)
+def test_bad_input_is_a_message_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert main(["profile", "show", *argv]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_bad_flag_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["profile", "show", "crown", "--layers", "many"])
+    assert exc.value.code == 2
+
+
+def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "alloc.png"
+    assert main(["profile", "plot", "paper-18l-isotropic", "paper-18l-crown", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 10_000
