@@ -1,12 +1,25 @@
-"""Shared fixtures: where the read-only shared data lives."""
+"""Shared fixtures: the read-only shared data, and tiny learnable token data in the data format."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from layerwise.data import SplitMeta, TokenMeta, meta_to_json
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+# Tiny models only lose from intra-op threads, and on a 2-core machine running subprocess
+# tests (two-process runs, killed-and-resumed runs) extra threads oversubscribe the cores and
+# make every step many times slower. Subprocesses inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+MARKOV_VOCAB = 61
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +27,57 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data not found at {SHARED}")
     return SHARED
+
+
+def markov_tokens(n: int, seed: int, vocab: int = MARKOV_VOCAB) -> np.ndarray:
+    """A learnable stream: each token mostly follows from the previous one."""
+    rng = np.random.default_rng(seed)
+    successor = rng.permutation(vocab)
+    tokens = np.empty(n, dtype=np.uint16)
+    tokens[0] = 1
+    for i in range(1, n):
+        tokens[i] = successor[tokens[i - 1]] if rng.random() < 0.8 else rng.integers(vocab)
+    return tokens
+
+
+def write_token_dir(directory: Path, splits: dict[str, np.ndarray], vocab: int) -> Path:
+    """train.bin / val.bin / meta.json exactly as `layerwise data prepare` lays them out."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, tokens in splits.items():
+        tokens.astype(np.uint16).tofile(directory / f"{name}.bin")
+    meta = TokenMeta(
+        data_dir=directory,
+        tokenizer="test-markov",
+        tokenizer_sha256="0" * 64,
+        vocab_size=vocab,
+        eos_id=0,
+        dtype="uint16",
+        splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
+        seed=0,
+        val_target_tokens=len(splits.get("val", ())),
+        text_bytes=0,
+        invalid_utf8_documents=0,
+        skipped_bad_records=0,
+        empty_documents=0,
+    )
+    (directory / "meta.json").write_text(meta_to_json(meta))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def markov_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared data directory of 4,000 training and 600 validation Markov-chain tokens."""
+    splits = {"train": markov_tokens(4000, 0), "val": markov_tokens(600, 1)}
+    return write_token_dir(tmp_path_factory.mktemp("markov"), splits, MARKOV_VOCAB)
+
+
+@pytest.fixture()
+def tiny_config_file(tmp_path: Path, markov_data: Path) -> Callable[[str], Path]:
+    """Writes a YAML config (given as text) with data.dir pointing at the Markov data."""
+
+    def write(text: str) -> Path:
+        path = tmp_path / "tiny.yaml"
+        path.write_text(text.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
+        return path
+
+    return write

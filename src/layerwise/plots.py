@@ -105,7 +105,13 @@ def plot_curves(
         ax.plot([x for x, _ in kept], [y for _, y in kept], color=colour, label=name, linewidth=1.4)
         band = [b for b in (spread or {}).get(name, []) if b[0] >= x_min]
         if band:
-            ax.fill_between([b[0] for b in band], [b[1] for b in band], [b[2] for b in band], color=colour, alpha=0.15)
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=colour,
+                alpha=0.15,
+            )
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)

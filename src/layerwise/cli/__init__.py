@@ -22,19 +22,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"layerwise.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"layerwise.cli.{name}":
-                raise
-            continue
-        module.add_parser(subparsers)
+        importlib.import_module(f"layerwise.cli.{name}").add_parser(subparsers)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` overrides follow options (`compare cfg --out d optim.lr=1e-3`).
+
+    argparse stops filling a positional list at the first option, so overrides written after
+    options come back unrecognised; they are appended to the command's overrides instead.
+    """
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    unknown = [item for item in extra if item not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

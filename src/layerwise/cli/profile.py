@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from layerwise.errors import UserError
-from layerwise.plots import plot_allocation
 from layerwise.profiles import (
     PRESETS,
     BudgetResult,
@@ -56,8 +55,12 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gqa-group", type=int, help="query heads per KV head")
     group.add_argument("--ffn", help="FFN multiplier anchors, e.g. 0.5,4.0 or 0.5,3.8,0.5")
     group.add_argument("--qkv", help="attention multiplier anchors, e.g. 0.5,1.0")
-    group.add_argument("--frame", action=argparse.BooleanOptionalAction, default=None,
-                       help="first and last layer set to the reference layer")
+    group.add_argument(
+        "--frame",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="first and last layer set to the reference layer",
+    )
     group.add_argument("--ffn-divisor", type=int, help="round FFN widths to multiples of this")
     group.add_argument("--vocab", type=int, dest="vocab_size")
     group.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
@@ -66,7 +69,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument("--target-params", help="e.g. 180M")
     exclusive.add_argument("--match", help="preset or shape whose size to match")
     budget.add_argument("--match-by", choices=("params", "flops"), default="params")
-    budget.add_argument("--seq-len", type=int, default=1024, help="for FLOPs per token (default 1024)")
+    budget.add_argument(
+        "--seq-len", type=int, default=1024, help="for FLOPs per token (default 1024)"
+    )
 
 
 def _anchors(text: str, flag: str) -> tuple[float, ...]:
@@ -83,8 +88,16 @@ def spec_from_args(name: str | None, args: argparse.Namespace) -> ProfileSpec:
     spec = lookup_spec(name) if name else PRESETS["paper-18l-isotropic"]
     fields: dict[str, Any] = {
         key: getattr(args, key)
-        for key in ("n_layers", "d_model", "head_dim", "gqa_group", "frame", "ffn_divisor",
-                    "vocab_size", "tie_embeddings")
+        for key in (
+            "n_layers",
+            "d_model",
+            "head_dim",
+            "gqa_group",
+            "frame",
+            "ffn_divisor",
+            "vocab_size",
+            "tie_embeddings",
+        )
         if getattr(args, key) is not None
     }
     if args.ffn:
@@ -96,9 +109,13 @@ def spec_from_args(name: str | None, args: argparse.Namespace) -> ProfileSpec:
     return replace(spec, **fields)
 
 
-def resolve_from_args(name: str | None, args: argparse.Namespace) -> tuple[ModelShape, BudgetResult | None]:
+def resolve_from_args(
+    name: str | None, args: argparse.Namespace
+) -> tuple[ModelShape, BudgetResult | None]:
     target = parse_count(args.target_params) if args.target_params else None
-    return resolve_shape(spec_from_args(name, args), target, args.match, args.match_by, args.seq_len)
+    return resolve_shape(
+        spec_from_args(name, args), target, args.match, args.match_by, args.seq_len
+    )
 
 
 def shape_report(shape: ModelShape, seq_len: int) -> dict[str, Any]:
@@ -133,8 +150,12 @@ def run_show(args: argparse.Namespace) -> int:
     report = shape_report(shape, args.seq_len)
     if args.json:
         if budget is not None:
-            report["budget"] = {"metric": budget.metric, "target": budget.target,
-                                "achieved": budget.achieved, "relative_error": budget.relative_error}
+            report["budget"] = {
+                "metric": budget.metric,
+                "target": budget.target,
+                "achieved": budget.achieved,
+                "relative_error": budget.relative_error,
+            }
         print(json.dumps(report, indent=2))
         return 0
     total = report["total_params"]
@@ -142,8 +163,14 @@ def run_show(args: argparse.Namespace) -> int:
     for column in ("layer", "d_ffn", "heads", "KV heads", "params", "share"):
         table.add_column(column, justify="right")
     for row in report["layers"]:
-        table.add_row(str(row["index"]), str(row["d_ffn"]), str(row["n_heads"]), str(row["n_kv_heads"]),
-                      f"{row['params']:,}", f"{row['params'] / total:.1%}")
+        table.add_row(
+            str(row["index"]),
+            str(row["d_ffn"]),
+            str(row["n_heads"]),
+            str(row["n_kv_heads"]),
+            f"{row['params']:,}",
+            f"{row['params'] / total:.1%}",
+        )
     console = Console()
     console.print(table)
     console.print(
@@ -157,6 +184,8 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
+    from layerwise.plots import plot_allocation
+
     shapes = {name: resolve_from_args(name, args)[0] for name in args.profiles}
     path = plot_allocation(shapes, args.output)
     print(f"wrote {path}")

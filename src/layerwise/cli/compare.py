@@ -1,0 +1,110 @@
+"""`layerwise compare`: train every profile x seed on identical settings, then write the report.
+
+The training stack is imported when a command runs, not when the parser is built, so
+`layerwise --help` and the light commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from layerwise.compare import ComparisonPlan, PlannedRun
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="budget-matched comparison of profiles (the study's experiment)",
+        description="Train each profile x seed with everything else identical and write the "
+        "study's table and figures. Rerunning skips finished runs and resumes interrupted ones.",
+    )
+    parser.add_argument("config", help="YAML config shared by every run")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides for every run"
+    )
+    parser.add_argument(
+        "--profiles",
+        default="isotropic,vanilla,framed,reverse,crown",
+        help="comma-separated shapes or presets (default: the study's five)",
+    )
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)"
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--match-params",
+        metavar="PROFILE",
+        default="isotropic",
+        help="rescale every other profile to this one's parameter count (default isotropic)",
+    )
+    budget.add_argument(
+        "--paper-anchors",
+        action="store_true",
+        help="keep the study's hand-tuned anchors instead of matching budgets",
+    )
+    parser.add_argument(
+        "--match-by",
+        choices=("params", "flops"),
+        default="params",
+        help="what --match-params equalises (default params)",
+    )
+    parser.add_argument("--out", required=True, help="directory for runs and report")
+    parser.set_defaults(func=run)
+
+
+def plan_from_args(args: argparse.Namespace) -> ComparisonPlan:
+    from layerwise.compare import make_plan, parse_list, parse_seeds
+
+    return make_plan(
+        config=args.config,
+        profiles=parse_list(args.profiles, "--profiles"),
+        seeds=parse_seeds(args.seeds),
+        out=args.out,
+        match=None if args.paper_anchors else args.match_params,
+        match_by=args.match_by,
+        overrides=args.overrides,
+    )
+
+
+def announce(console: Console) -> Callable[[int, int, PlannedRun, str], None]:
+    def on_run(index: int, total: int, run: PlannedRun, status: str) -> None:
+        console.print(f"[bold][{index + 1}/{total}][/bold] {run.profile} seed {run.seed}: {status}")
+
+    return on_run
+
+
+def print_report(console: Console, out: str) -> None:
+    from layerwise.report import markdown_table, write_report
+
+    files, rows = write_report(out)
+    console.print(markdown_table(rows))
+    for row in rows:
+        if row.verdict != "reference":
+            console.print(f"- {row.verdict}")
+    console.print(f"report: {files.markdown}  table: {files.csv}  page: {files.html}")
+    console.print(f"figures: {files.plots[0].parent}/ ({', '.join(p.name for p in files.plots)})")
+
+
+def run(args: argparse.Namespace) -> int:
+    return execute(Console(), plan_from_args(args))
+
+
+def execute(console: Console, plan: ComparisonPlan) -> int:
+    """Train the missing runs, then (on rank 0) write and print the report."""
+    from layerwise.compare import is_main_process, run_comparison
+    from layerwise.training import RunInterrupted
+
+    main_process = is_main_process(plan)
+    try:
+        run_comparison(plan, announce(console) if main_process else lambda *_: None)
+    except RunInterrupted as exc:
+        console.print(f"layerwise: {exc}; rerun the same command to continue the comparison")
+        return 128 + exc.signum
+    if main_process:
+        print_report(console, str(plan.out))
+    return 0

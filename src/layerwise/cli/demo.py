@@ -1,0 +1,37 @@
+"""`layerwise demo`: the quickstart comparison, on a CPU, with no data to bring."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from layerwise.cli.compare import execute
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="compare the five profiles as tiny models on this machine (minutes on 2 CPU cores)",
+        description="Prepare the Python standard library's docstrings with a small BPE, train the "
+        "study's five shapes as tiny equal-size models on the CPU, and print the comparison table. "
+        "Rerunning continues where an interrupted demo stopped.",
+    )
+    parser.add_argument(
+        "--out", default="layerwise-demo", help="working directory (default ./layerwise-demo)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=50"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layerwise.demo import demo_plan, prepare_demo_data
+
+    console = Console()
+    console.print(f"[bold]layerwise demo[/bold]: five profiles, tiny models, CPU; in {args.out}/")
+    out = Path(args.out)
+    prepare_demo_data(out / "data")
+    return execute(console, demo_plan(out, tuple(args.overrides)))

@@ -1,0 +1,15 @@
+"""`layerwise report DIR`: regenerate a comparison's table and figures from its runs on disk."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from layerwise.cli.compare import print_report
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="regenerate a comparison's report and figures")
+    parser.add_argument("out", help="the --out directory of `layerwise compare`")
+    parser.set_defaults(func=lambda args: print_report(Console(), args.out) or 0)

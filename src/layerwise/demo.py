@@ -1,0 +1,58 @@
+"""The quickstart: the study's comparison in miniature, on any machine, with nothing to download.
+
+Prepares the built-in `python-docs` corpus (the standard library's docstrings) with a small BPE
+trained on it, then compares the five shapes as tiny models rescaled to the isotropic model's
+parameter count, on the CPU. Everything lands in one directory and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from layerwise.compare import ComparisonPlan, PlannedRun, make_plan, run_comparison
+from layerwise.data import prepare
+from layerwise.profiles import SHAPES
+
+DEMO_TOKENIZER = "bpe:4096"
+
+
+def demo_config() -> Path:
+    """The packaged config of the demo's tiny models."""
+    return Path(str(resources.files("layerwise") / "demo.yaml"))
+
+
+def prepare_demo_data(data_dir: Path) -> None:
+    """Tokenize the standard library's docstrings once; later runs reuse them."""
+    if not (data_dir / "meta.json").exists():
+        prepare(
+            ["python-docs"],
+            DEMO_TOKENIZER,
+            data_dir,
+            overwrite=data_dir.exists(),
+            show_progress=True,
+        )
+
+
+def demo_plan(out: Path, overrides: tuple[str, ...] = ()) -> ComparisonPlan:
+    return make_plan(
+        config=str(demo_config()),
+        profiles=tuple(SHAPES),
+        seeds=(0,),
+        out=out / "comparison",
+        match="isotropic",
+        overrides=(f"data.dir={out / 'data'}", *overrides),
+    )
+
+
+def run_demo(
+    out: str | Path,
+    overrides: tuple[str, ...] = (),
+    on_run: Callable[[int, int, PlannedRun, str], None] = lambda *_: None,
+) -> ComparisonPlan:
+    out = Path(out)
+    prepare_demo_data(out / "data")
+    plan = demo_plan(out, overrides)
+    run_comparison(plan, on_run)
+    return plan

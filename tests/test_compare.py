@@ -1,0 +1,149 @@
+"""`layerwise compare` end to end on tiny models: the table, the CSV, the figures, resuming."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from layerwise.cli import main
+from layerwise.compare import make_plan, plan_runs
+from layerwise.errors import UserError
+from layerwise.metrics import read_records
+from layerwise.training import RunSummary
+
+TINY = """
+model:
+  n_layers: 4
+  d_model: 32
+  head_dim: 8
+  gqa_group: 2
+  ffn_divisor: 16
+  vocab_size: null
+data:
+  seq_len: 16
+  val_windows: 8
+batch:
+  global_batch: 8
+  micro_batch: 8
+optim:
+  lr: 3.0e-3
+  warmup_steps: 1
+train:
+  steps: 12
+  val_interval: 4
+checkpoint:
+  interval: 2
+  keep: 1
+run:
+  device: cpu
+  progress: false
+"""
+PROFILES = "isotropic,vanilla,crown"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture()
+def config(tiny_config_file) -> Path:  # type: ignore[no-untyped-def]
+    return tiny_config_file(TINY)
+
+
+def test_compare_writes_the_table_csv_and_figures(config: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "cmp"
+    argv = ["compare", str(config), "--profiles", PROFILES, "--seeds", "0,1", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| isotropic |" in printed and "| crown |" in printed
+
+    summaries = {
+        (p, s): RunSummary.load(out / p / f"seed{s}" / "summary.json")
+        for p in PROFILES.split(",") for s in (0, 1)
+    }
+    reference = summaries["isotropic", 0].params
+    for summary in summaries.values():
+        assert abs(summary.params - reference) <= 0.05 * reference  # matched to isotropic
+        assert summary.steps == 12
+    # Same seed -> same data order and validation windows for every profile: the step-0
+    # validation losses differ only through the model, and all runs saw the same tokens.
+    assert len({s.tokens for s in summaries.values()}) == 1
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["profile"] for r in rows] == PROFILES.split(",")
+    for row in rows:
+        expected = [summaries[row["profile"], s].final_val_ppl for s in (0, 1)]
+        assert float(row["val_ppl_mean"]) == pytest.approx(sum(expected) / 2)
+        assert row["seeds"] == "2"
+    assert rows[0]["val_ppl_delta_pct"] == ""
+    crown_delta = float(rows[2]["val_ppl_delta_pct"])
+    assert crown_delta == pytest.approx(100 * (float(rows[2]["val_ppl_mean"]) / float(rows[0]["val_ppl_mean"]) - 1))
+
+    report = (out / "report.md").read_text()
+    assert "± " in report and "seed-to-seed spread" in report
+    for name in ("train_loss", "train_loss_zoom", "val_ppl", "val_ppl_zoom", "allocation", "throughput"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000, name
+        assert f"figures/{name}.png" in report
+    assert "<table>" in (out / "report.html").read_text()
+
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_one_seed_says_the_spread_is_unknown(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), "--profiles", "isotropic,reverse", "--out", str(out)]) == 0
+    assert "one seed only" in (out / "report.md").read_text()
+
+
+def test_paper_anchors_keep_the_hand_tuned_shapes(config: Path, tmp_path: Path) -> None:
+    plan = make_plan(str(config), ["isotropic", "crown"], [0], tmp_path, match=None)
+    assert all("model.match=null" in run.overrides for run in plan_runs(plan))
+    matched = make_plan(str(config), ["isotropic", "crown"], [0], tmp_path, match="isotropic")
+    crown = next(run for run in plan_runs(matched) if run.profile == "crown")
+    assert "model.match=isotropic" in crown.overrides
+
+
+def test_bad_requests_fail_before_training(config: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), "--profiles", "isotropic,diamond", "--out", str(out)]) == 2
+    assert "unknown profile 'diamond'" in capsys.readouterr().err
+    assert main(["compare", str(config), "--profiles", "crown", "--match-params", "isotropic", "--out", str(out)]) == 2
+    assert "not among --profiles" in capsys.readouterr().err
+    assert main(["compare", str(config), "--seeds", "0,x", "--out", str(out)]) == 2
+    assert not (out / "crown").exists()
+    with pytest.raises(UserError, match="not found"):
+        make_plan(str(tmp_path / "missing.yaml"), ["crown"], [0], out)
+
+
+def test_rerun_after_a_kill_finishes_only_the_missing_runs(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "layerwise", "compare", str(config), "--profiles", PROFILES,
+               "--out", str(out), "train.steps=30", "checkpoint.interval=5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = out / "isotropic" / "seed0"
+    second = out / "vanilla" / "seed0"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((second / "checkpoints").glob("step_*[0-9]")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert (first / "summary.json").exists(), "the first run should have finished before the kill"
+    assert not (second / "summary.json").exists(), "the kill should have hit the second run"
+    finished_log = (first / "metrics.jsonl").read_bytes()
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert "isotropic seed 0: finished earlier, skipped" in rerun.stdout
+    assert (first / "metrics.jsonl").read_bytes() == finished_log
+    steps = [r["step"] for r in read_records(second / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == list(range(1, 31)), "the resumed run's log reads as one run"
+    assert all((out / p / "seed0" / "summary.json").exists() for p in PROFILES.split(","))
