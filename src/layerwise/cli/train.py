@@ -1,0 +1,71 @@
+"""`layerwise train CONFIG [key=value ...] [--resume]`: one run, a thin layer over `train()`.
+
+The training stack (torch and all) is imported when the command runs, not when the parser is
+built, so the other commands start fast and stay usable whatever state the trainer is in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from layerwise.training import RunSummary
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one model from a config file",
+        description=(
+            "Train one profile on prepared token files. Settings come from CONFIG (YAML, may "
+            "`inherit:` another file) and from section.key=value overrides, e.g. optim.lr=3e-4 "
+            "model.profile=crown. Launch with torchrun for several GPUs."
+        ),
+    )
+    parser.add_argument("config", help="YAML config file, e.g. configs/tiny-crown.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=3e-4")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's latest checkpoint (same as run.resume=auto)",
+    )
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from layerwise.config import load_config
+    from layerwise.distributed import shutdown
+    from layerwise.training import RunInterrupted, train
+
+    overrides = [*args.overrides, *(["run.resume=auto"] if args.resume else [])]
+    config = load_config(args.config, overrides)
+    try:
+        summary = train(config)
+    except RunInterrupted as exc:
+        print(f"layerwise: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        shutdown()
+    if os.environ.get("RANK", "0") == "0":
+        print_summary(summary)
+    return 0
+
+
+def print_summary(summary: RunSummary) -> None:
+    """One short report on stdout; the details are in summary.json."""
+    throughput = (
+        "n/a" if summary.mean_tokens_per_s is None else f"{summary.mean_tokens_per_s:,.0f} tok/s"
+    )
+    mfu = summary.mfu_note if summary.mean_mfu is None else f"MFU {summary.mean_mfu:.1%}"
+    val = "n/a" if summary.final_val_loss is None else f"{summary.final_val_loss:.4f}"
+    ppl = "n/a" if summary.final_val_ppl is None else f"{summary.final_val_ppl:.2f}"
+    print(
+        f"{summary.profile}: {summary.steps} steps, {summary.tokens:,} tokens, "
+        f"{summary.params / 1e6:.2f}M params\n"
+        f"final val loss {val} (ppl {ppl}) | mean {throughput} | {mfu} | "
+        f"wall {summary.wall_time_s:.1f} s\n"
+        f"summary: {summary.run_dir}/summary.json"
+    )

@@ -1,0 +1,346 @@
+"""The trainer end to end on a tiny model: what a run writes, resuming, signals and divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import layerwise
+from layerwise import training
+from layerwise.checkpointing import list_checkpoints
+from layerwise.cli import main as cli_main
+from layerwise.config import Config, load_config
+from layerwise.data import SplitMeta, TokenMeta, meta_to_json, read_meta
+from layerwise.distributed import DistInfo
+from layerwise.errors import UserError
+from layerwise.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops, read_records
+from layerwise.profiles import total_params
+from layerwise.training import (
+    NonFiniteLoss,
+    RunInterrupted,
+    build_shape,
+    evaluate,
+    resolve_vocab_size,
+    setup_run,
+    train,
+    with_data_vocab,
+)
+
+VOCAB = 61
+TINY = """
+model:
+  profile: crown
+  n_layers: 3
+  d_model: 32
+  head_dim: 8
+  gqa_group: 2
+  ffn_divisor: 16
+  vocab_size: null
+data:
+  seq_len: 16
+  val_windows: 10
+batch:
+  global_batch: 8
+  micro_batch: 4
+optim:
+  lr: 3.0e-3
+  warmup_steps: 2
+train:
+  steps: 12
+  seed: 3
+  val_interval: 5
+checkpoint:
+  interval: 4
+  keep: 2
+run:
+  device: cpu
+  progress: false
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models only lose from intra-op threads, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def markov_tokens(n: int, seed: int) -> np.ndarray:
+    """A learnable stream: each token mostly follows from the previous one."""
+    rng = np.random.default_rng(seed)
+    successor = rng.permutation(VOCAB)
+    tokens = np.empty(n, dtype=np.uint16)
+    tokens[0] = 1
+    for i in range(1, n):
+        tokens[i] = successor[tokens[i - 1]] if rng.random() < 0.8 else rng.integers(VOCAB)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train.bin / val.bin / meta.json in the data module's format."""
+    directory = tmp_path_factory.mktemp("tokens")
+    splits = {"train": markov_tokens(4000, 0), "val": markov_tokens(600, 1)}
+    for name, tokens in splits.items():
+        tokens.tofile(directory / f"{name}.bin")
+    meta = TokenMeta(
+        data_dir=directory,
+        tokenizer="test-markov",
+        tokenizer_sha256="0" * 64,
+        vocab_size=VOCAB,
+        eos_id=0,
+        dtype="uint16",
+        splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
+        seed=0,
+        val_target_tokens=600,
+        text_bytes=0,
+        invalid_utf8_documents=0,
+        skipped_bad_records=0,
+        empty_documents=0,
+    )
+    (directory / "meta.json").write_text(meta_to_json(meta))
+    return directory
+
+
+@pytest.fixture()
+def config_file(tmp_path: Path, data_dir: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    text = TINY.replace("data:\n", f"data:\n  dir: {data_dir}\n")
+    path.write_text(text.replace("run:\n", f"run:\n  dir: {tmp_path / 'run'}\n"))
+    return path
+
+
+def tiny_config(config_file: Path, *overrides: str) -> Config:
+    return load_config(config_file, overrides)
+
+
+def losses(run_dir: Path, kind: str = "train") -> list[tuple[int, float]]:
+    return [
+        (r["step"], r["loss"]) for r in read_records(run_dir / "metrics.jsonl") if r["type"] == kind
+    ]
+
+
+def test_a_run_writes_metrics_checkpoints_config_and_summary(config_file: Path) -> None:
+    config = tiny_config(config_file)
+    summary = layerwise.train(config)
+    run_dir = Path(config.run.dir)
+
+    records = read_records(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in records if r["type"] == "val"] == [0, 5, 10, 12]
+    train_records = [r for r in records if r["type"] == "train"]
+    assert [r["step"] for r in train_records] == list(range(1, 13))
+    first = train_records[0]
+    assert first["tokens"] == 8 * 16 and first["mfu"] is None and first["tokens_per_s"] > 0
+    assert first["lr"] == pytest.approx(1.5e-3)
+
+    assert [step for step, _ in list_checkpoints(run_dir)] == [8, 12]
+    assert load_config(run_dir / "config.yaml").model.vocab_size == 64
+
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved == summary.to_dict()
+    shape, _ = build_shape(with_data_vocab(config), 64)
+    assert summary.params == total_params(shape)
+    assert summary.layers == [
+        {"d_ffn": layer.d_ffn, "n_heads": layer.n_heads, "n_kv_heads": layer.n_kv_heads}
+        for layer in shape.layers
+    ]
+    assert summary.final_val_loss == records[-1]["loss"]
+    assert summary.final_train_loss == train_records[-1]["loss"]
+    assert summary.mean_mfu is None and summary.mfu_note == CPU_MFU_NOTE
+    assert summary.mean_tokens_per_s > 0 and summary.steps == 12 and summary.tokens == 12 * 128
+    assert summary.hardware["device_type"] == "cpu"
+    assert set(summary.versions) == {"python", "torch", "layerwise"}
+
+
+def test_same_seed_same_losses_and_reruns_need_resume(config_file: Path, tmp_path: Path) -> None:
+    first = train(tiny_config(config_file, "train.steps=4", "checkpoint.interval=2"))
+    second = train(
+        tiny_config(
+            config_file, "train.steps=4", "checkpoint.interval=2", f"run.dir={tmp_path / 'again'}"
+        )
+    )
+    assert losses(Path(first.run_dir)) == losses(Path(second.run_dir))
+    with pytest.raises(UserError, match=r"already holds a run.*--resume"):
+        train(tiny_config(config_file, "train.steps=4", "checkpoint.interval=2"))
+    again = train(
+        tiny_config(config_file, "train.steps=4", "checkpoint.interval=2", "run.resume=auto")
+    )
+    assert again == first
+    with pytest.raises(UserError, match=r"optim\.lr"):
+        train(tiny_config(config_file, "train.steps=4", "run.resume=auto", "optim.lr=1e-2"))
+
+
+def send_signal_at_step(monkeypatch: pytest.MonkeyPatch, signum: int, at_step: int) -> None:
+    """Deliver `signum` to this process while step `at_step` is running."""
+    real = training.forward_backward
+    calls = {"n": 0}
+
+    def forward_backward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "forward_backward", forward_backward)
+
+
+def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = train(tiny_config(config_file, f"run.dir={tmp_path / 'reference'}"))
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        send_signal_at_step(patch, signal.SIGTERM, at_step=6)
+        with pytest.raises(RunInterrupted, match=r"SIGTERM.*step 6") as info:
+            train(tiny_config(config_file))
+    run_dir = Path(tiny_config(config_file).run.dir)
+    assert info.value.checkpoint == run_dir / "checkpoints" / "step_000006"
+    assert losses(run_dir)[-1][0] == 6
+    assert signal.getsignal(signal.SIGTERM) is handler
+    resumed = train(tiny_config(config_file, "run.resume=auto"))
+    assert losses(run_dir) == losses(Path(reference.run_dir))
+    assert losses(run_dir, "val") == losses(Path(reference.run_dir), "val")
+    assert resumed.final_val_loss == reference.final_val_loss
+
+
+def test_cli_exits_with_the_signal_status(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    send_signal_at_step(monkeypatch, signal.SIGINT, at_step=2)
+    assert cli_main(["train", str(config_file)]) == 128 + signal.SIGINT
+    assert "SIGINT received: stopped after step 2" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli_main(["train", str(config_file), "--resume"]) == 0
+    assert "final val loss" in capsys.readouterr().out
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = training.forward_backward
+    calls = {"n": 0}
+
+    def diverging(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(training, "forward_backward", diverging)
+    config = tiny_config(config_file)
+    with pytest.raises(NonFiniteLoss, match="step 7"):
+        train(config)
+    run_dir = Path(config.run.dir)
+    assert [step for step, _ in list_checkpoints(run_dir)] == [4]
+    assert losses(run_dir)[-1][0] == 6
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_losses_exactly(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """A real `python -m layerwise train` process, killed without warning after a checkpoint."""
+    settings = ["train.steps=60", "checkpoint.interval=10", "train.val_interval=20"]
+    command = [sys.executable, "-m", "layerwise", "train", str(config_file), *settings]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference_dir = tmp_path / "reference"
+    subprocess.run([*command, f"run.dir={reference_dir}"], check=True, env=env, capture_output=True)
+
+    run_dir = Path(tiny_config(config_file).run.dir)
+    victim = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = list_checkpoints(run_dir)[-1][0]
+    assert killed_at < 60, "the run finished before it could be killed"
+
+    subprocess.run([*command, "--resume"], check=True, env=env, capture_output=True)
+    assert losses(run_dir) == losses(reference_dir)
+    assert losses(run_dir, "val") == losses(reference_dir, "val")
+    steps = [r["step"] for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == list(range(1, 61))
+
+
+def test_vocab_and_shape_come_from_the_config(config_file: Path, data_dir: Path) -> None:
+    config = tiny_config(config_file)
+    assert resolve_vocab_size(config.model, read_meta(data_dir)) == 64
+    explicit = tiny_config(config_file, "model.vocab_size=100")
+    assert with_data_vocab(explicit).model.vocab_size == 100
+    with pytest.raises(UserError, match="61 ids"):
+        with_data_vocab(tiny_config(config_file, "model.vocab_size=32"))
+
+    shape, budget = build_shape(config, 64)
+    assert budget is None and shape.n_layers == 3
+    vanilla = tiny_config(config_file, "model.profile=vanilla", "model.match=isotropic")
+    matched, budget = build_shape(vanilla, 64)
+    isotropic, _ = build_shape(tiny_config(config_file, "model.profile=isotropic"), 64)
+    assert budget is not None and total_params(matched) == pytest.approx(
+        total_params(isotropic), rel=0.01
+    )
+    _, budget = build_shape(tiny_config(config_file, "model.target_params=40k"), 64)
+    assert budget is not None and abs(budget.relative_error) < 0.05
+    anchored, _ = build_shape(tiny_config(config_file, "model.ffn=[1, 1]", "model.frame=false"), 64)
+    assert {layer.d_ffn for layer in anchored.layers} == {32}
+    with pytest.raises(UserError, match=r"preset with its own base.*n_layers=3"):
+        build_shape(tiny_config(config_file, "model.profile=paper-18l-crown"), 64)
+
+
+def test_evaluation_splits_windows_across_ranks(config_file: Path) -> None:
+    config = with_data_vocab(tiny_config(config_file, "data.val_windows=7", "batch.micro_batch=2"))
+    cpu = torch.device("cpu")
+    run = setup_run(config, DistInfo(0, 0, 1, cpu), None)
+    whole = evaluate(run.model, run.val_windows, run.val_indices, 2, DistInfo(0, 0, 1, cpu), None)
+    parts = [
+        evaluate(run.model, run.val_windows, run.val_indices, 2, DistInfo(r, r, 2, cpu), None)
+        for r in (0, 1)
+    ]
+    assert whole == pytest.approx((4 * parts[0] + 3 * parts[1]) / 7, rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_a_user_error(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(UserError, match=r"pip install 'layerwise\[tensorboard\]'"):
+        train(tiny_config(config_file, "run.tensorboard=true", "train.steps=3"))
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.4),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A10", 125.0),
+        ("NVIDIA A10G", None),
+        ("AMD EPYC 7B13", None),
+    ],
+)
+def test_peak_flops_by_device_name(name: str, tflops: float | None) -> None:
+    assert peak_tflops(name) == tflops
+
+
+def test_mfu_needs_a_peak() -> None:
+    cpu = torch.device("cpu")
+    assert mfu_basis(1000, cpu, 1, None).mfu(1e6) is None
+    basis = mfu_basis(6_000_000, cpu, 4, override_tflops=100.0)
+    assert basis.note is None
+    assert basis.mfu(10_000.0) == pytest.approx(6e6 * 1e4 / 4e14)
+    assert replace(basis, peak_flops=None).mfu(1.0) is None
