@@ -22,7 +22,11 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 
 def _chunk_loss_and_grads(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype, with_grads: bool
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype,
+    with_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Summed loss over all tokens and, if asked, d(mean loss)/d(hidden) and d(mean loss)/d(weight)."""
     n_tokens = hidden.shape[0]
@@ -47,7 +51,9 @@ def _chunk_loss_and_grads(
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, dtype):  # type: ignore[override]
-        total, grad_hidden, grad_weight = _chunk_loss_and_grads(hidden, weight, targets, dtype, True)
+        total, grad_hidden, grad_weight = _chunk_loss_and_grads(
+            hidden, weight, targets, dtype, True
+        )
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total / hidden.shape[0]
 
@@ -57,7 +63,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_output, grad_weight * grad_output, None, None
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets` ([tokens, d] x [vocab, d])."""
     dtype = _compute_dtype(hidden)
     with torch.autocast(hidden.device.type, enabled=False):

@@ -83,7 +83,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q_norm(self.w_q(x)).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_norm(self.w_k(x)).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = (
+            self.k_norm(self.w_k(x))
+            .view(batch, seq, self.n_kv_heads, self.head_dim)
+            .transpose(1, 2)
+        )
         v = self.w_v(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if v.dtype != q.dtype:
@@ -148,7 +152,9 @@ class Transformer(nn.Module):
         """Final-norm output [batch, seq, d_model], the input of the LM head."""
         seq = tokens.shape[1]
         if seq > self.options.max_seq_len:
-            raise ValueError(f"sequence length {seq} exceeds max_seq_len={self.options.max_seq_len}")
+            raise ValueError(
+                f"sequence length {seq} exceeds max_seq_len={self.options.max_seq_len}"
+            )
         cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         x = self.embedding(tokens)
         for block in self.blocks:

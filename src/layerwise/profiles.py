@@ -165,7 +165,9 @@ def _validate(spec: ProfileSpec) -> None:
     for setting in ("ffn", "qkv"):
         anchors = getattr(spec, setting)
         if any(not math.isfinite(a) or a <= 0 for a in anchors):
-            raise UserError(f"profile setting {setting}={list(anchors)}: every multiplier must be > 0")
+            raise UserError(
+                f"profile setting {setting}={list(anchors)}: every multiplier must be > 0"
+            )
 
 
 def build_shape(spec: ProfileSpec) -> ModelShape:
@@ -381,7 +383,9 @@ def parse_count(text: str) -> int:
     try:
         value = float(number) * factor
     except ValueError:
-        raise UserError(f"cannot read {text!r} as a count; write e.g. 180M, 1.2B or 350000") from None
+        raise UserError(
+            f"cannot read {text!r} as a count; write e.g. 180M, 1.2B or 350000"
+        ) from None
     if not math.isfinite(value) or value <= 0:
         raise UserError(f"count {text!r} must be positive")
     return round(value)
