@@ -1,0 +1,974 @@
+"""`data prepare`: raw text to memory-mapped token files, streaming, in parallel, reproducibly.
+
+The pipeline reads documents in input order, has worker processes tokenize batches of them and
+writes the results back in input order, so the bytes on disk depend only on the inputs, the
+tokenizer and the seed (never on the number of workers or on timing). Everything is written
+into a temporary directory next to the output and renamed at the very end: a directory named
+like the output is always complete.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+import warnings
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from glob import glob
+from itertools import chain, pairwise
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from layerwise.errors import UserError
+from layerwise.tokenizer import LoadedTokenizer, bpe_vocab_size, load_tokenizer, train_bpe
+
+META_FORMAT = "layerwise-tokens/1"
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+PYTHON_DOCS = "python-docs"
+DEFAULT_VAL_FRACTION = 0.005
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+TXT_SUFFIXES = (".txt",)
+PARQUET_SUFFIXES = (".parquet",)
+SUPPORTED_SUFFIXES = JSONL_SUFFIXES + TXT_SUFFIXES + PARQUET_SUFFIXES
+
+_BATCH_CHARS = 1 << 18  # ~256 KB of text per task: IPC is amortised, Ctrl-C stops quickly
+_IN_FLIGHT_PER_WORKER = 16  # slack: a descheduled worker holds up output, not the others
+_SPLIT_CHUNK_TOKENS = 1 << 24  # tokens per step when separating validation documents
+_HASH_CHUNK = 1 << 20
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+# --- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: a file of a known kind, or the built-in python-docs corpus (path = stdlib)."""
+
+    kind: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What meta.json records about an input, so a token directory can be traced to its data."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ReadStats:
+    """Running tallies the readers update while streaming (progress and meta.json counts)."""
+
+    bytes_read: int = 0
+    invalid_utf8_documents: int = 0
+    skipped_bad_records: int = 0
+    empty_documents: int = 0
+
+
+def resolve_inputs(specs: Sequence[str | Path]) -> list[Source]:
+    """Expand paths, directories (recursively) and globs into sources, in a stable order.
+
+    Sorting matters: the output must not depend on the order a file system lists a directory.
+    Files named explicitly must be of a supported kind; inside directories and globs, other
+    files (READMEs, checksums) are passed over.
+    """
+    sources: list[Source] = []
+    for spec in specs:
+        text = str(spec)
+        if text == PYTHON_DOCS:
+            sources.append(Source(PYTHON_DOCS, stdlib_root()))
+            continue
+        path = Path(text).expanduser()
+        if path.is_dir():
+            sources.extend(_sources_under(path, text))
+        elif path.exists():
+            sources.append(_explicit_source(path))
+        elif any(char in text for char in "*?["):
+            sources.extend(_sources_from_glob(text))
+        else:
+            raise UserError(f"input {text!r}: no such file or directory")
+    return sources
+
+
+def source_kind(path: Path) -> str | None:
+    """The reader for a file, by its name; None if we cannot read it."""
+    name = path.name.lower()
+    for kind, suffixes in (
+        ("jsonl", JSONL_SUFFIXES),
+        ("txt", TXT_SUFFIXES),
+        ("parquet", PARQUET_SUFFIXES),
+    ):
+        if name.endswith(suffixes):
+            return kind
+    return None
+
+
+def _explicit_source(path: Path) -> Source:
+    kind = source_kind(path)
+    if kind is None:
+        supported = ", ".join(SUPPORTED_SUFFIXES)
+        raise UserError(f"input {path}: unsupported file type (supported: {supported})")
+    return Source(kind, path)
+
+
+def _sources_under(directory: Path, spec: str) -> list[Source]:
+    found = [
+        Source(kind, path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and (kind := source_kind(path)) is not None
+    ]
+    if not found:
+        raise UserError(f"input {spec!r}: no {', '.join(SUPPORTED_SUFFIXES)} files in it")
+    return found
+
+
+def _sources_from_glob(pattern: str) -> list[Source]:
+    matches = sorted(glob(os.path.expanduser(pattern), recursive=True))
+    found: list[Source] = []
+    for match in map(Path, matches):
+        if match.is_dir():
+            found.extend(_sources_under(match, str(match)))
+        elif (kind := source_kind(match)) is not None:
+            found.append(Source(kind, match))
+    if not found:
+        raise UserError(f"input {pattern!r}: no readable files match")
+    return found
+
+
+def describe_source(source: Source) -> InputInfo:
+    """Size and hash of an input, read in full now so that an unreadable file fails early."""
+    if source.kind == PYTHON_DOCS:
+        return _describe_python_docs(source.path)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with source.path.open("rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise UserError(f"cannot read {source.path}: {exc.strerror or exc}") from exc
+    return InputInfo(str(source.path), size, digest.hexdigest())
+
+
+def _describe_python_docs(root: Path) -> InputInfo:
+    """The stdlib's identity: Python version, location, and a hash over every file read."""
+    digest = hashlib.sha256()
+    size = 0
+    for file in stdlib_python_files(root):
+        data = _read_file_bytes(file)
+        size += len(data)
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + data + b"\0")
+    name = f"{PYTHON_DOCS} (Python {platform.python_version()}, {root})"
+    return InputInfo(name, size, digest.hexdigest())
+
+
+# --- readers ------------------------------------------------------------------------------
+
+
+def read_documents(
+    sources: Sequence[Source], text_field: str, skip_bad: bool, stats: ReadStats
+) -> Iterator[str]:
+    """Every document's text, in input order, one at a time (the corpus is never in RAM).
+
+    Empty documents are dropped (they would only add a lone EOS) and counted.
+    """
+    for source in sources:
+        try:
+            for text in _READERS[source.kind](source.path, text_field, skip_bad, stats):
+                if text:
+                    yield text
+                else:
+                    stats.empty_documents += 1
+        except (OSError, EOFError, zlib.error) as exc:
+            raise UserError(f"cannot read {source.path}: {exc}") from exc
+
+
+def _read_jsonl(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
+    """One document per line; a bad line names its file and line number."""
+    base = stats.bytes_read
+    with path.open("rb") as raw:
+        lines: IO[bytes] = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+        for number, line in enumerate(lines, start=1):
+            stats.bytes_read = base + raw.tell()
+            if not line.strip():
+                continue
+            text = _decode(line, stats)
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                _reject(
+                    f"{where}: malformed JSON ({exc.msg} at column {exc.colno})", skip_bad, stats
+                )
+                continue
+            value = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                _reject(f"{where}: {_missing_field(record, text_field)}", skip_bad, stats)
+                continue
+            yield _repair_surrogates(value, stats)
+
+
+def _read_txt(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
+    """A whole file is one document."""
+    data = _read_file_bytes(path)
+    stats.bytes_read += len(data)
+    yield _decode(data, stats)
+
+
+def _read_parquet(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
+    """Rows of one text column, read a record batch at a time."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UserError(
+            f"{path}: reading .parquet needs pyarrow: pip install 'layerwise[parquet]'"
+        ) from exc
+    base = stats.bytes_read
+    size = path.stat().st_size
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable parquet file ({exc})") from exc
+    if text_field not in parquet.schema_arrow.names:
+        columns = ", ".join(parquet.schema_arrow.names)
+        raise UserError(f"{path}: no column {text_field!r} (columns: {columns})")
+    total_rows = max(parquet.metadata.num_rows, 1)
+    row = 0
+    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            row += 1
+            if isinstance(value, bytes):
+                yield _decode(value, stats)
+            elif isinstance(value, str):
+                yield _repair_surrogates(value, stats)
+            else:
+                _reject(
+                    f"{path}: row {row}: {text_field!r} is {value!r}, not text", skip_bad, stats
+                )
+        stats.bytes_read = base + size * row // total_rows
+
+
+def _read_python_docs(
+    root: Path, text_field: str, skip_bad: bool, stats: ReadStats
+) -> Iterator[str]:
+    for file in stdlib_python_files(root):
+        stats.bytes_read += file.stat().st_size
+        yield from python_docs_documents([file])
+
+
+_READERS: dict[str, Callable[[Path, str, bool, ReadStats], Iterator[str]]] = {
+    "jsonl": _read_jsonl,
+    "txt": _read_txt,
+    "parquet": _read_parquet,
+    PYTHON_DOCS: _read_python_docs,
+}
+
+
+def _decode(data: bytes, stats: ReadStats) -> str:
+    """UTF-8 text; invalid bytes become U+FFFD and the document is counted, not rejected."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.invalid_utf8_documents += 1
+        return data.decode("utf-8", errors="replace")
+
+
+def _repair_surrogates(text: str, stats: ReadStats) -> str:
+    """JSON escapes can encode lone surrogates, which no tokenizer accepts: replace and count.
+
+    isascii() is O(1) in CPython and encode() runs at memory speed, so clean text (nearly all
+    of it) never reaches the slower regular expression.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        stats.invalid_utf8_documents += 1
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+def _reject(message: str, skip_bad: bool, stats: ReadStats) -> None:
+    """Stop on a bad record, or count it when the user asked to skip them."""
+    if not skip_bad:
+        raise UserError(f"{message} (pass --skip-bad to skip such records)")
+    stats.skipped_bad_records += 1
+
+
+def _missing_field(record: object, text_field: str) -> str:
+    if not isinstance(record, dict):
+        return f"expected a JSON object with a {text_field!r} field, got {type(record).__name__}"
+    if text_field not in record:
+        fields = ", ".join(map(str, record)) or "none"
+        return f"no {text_field!r} field (fields: {fields}; choose one with --text-field)"
+    return f"field {text_field!r} is {type(record[text_field]).__name__}, not a string"
+
+
+def _read_file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+# --- python-docs --------------------------------------------------------------------------
+
+
+def stdlib_root() -> Path:
+    """The running interpreter's standard library directory (the same in and out of a venv)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_python_files(root: Path) -> list[Path]:
+    """The standard library's .py files in a fixed order, without third-party packages."""
+    return sorted(
+        path
+        for path in root.rglob("*.py")
+        if not _EXCLUDED_STDLIB_DIRS.intersection(path.relative_to(root).parts) and path.is_file()
+    )
+
+
+def python_docs_documents(files: Iterable[Path]) -> Iterator[str]:
+    """One document per module: its docstrings in source order, separated by blank lines.
+
+    The files are parsed, never imported (importing runs code and can have side effects);
+    files that are not valid Python 3 (lib2to3's test data) are passed over.
+    """
+    for file in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tree = ast.parse(_read_file_bytes(file), filename=str(file))
+        except (SyntaxError, ValueError):
+            continue
+        docstrings = list(_docstrings(tree))
+        if docstrings:
+            yield "\n\n".join(docstrings)
+
+
+def _docstrings(node: ast.AST) -> Iterator[str]:
+    """Docstrings of a module and its classes and functions, depth first in source order."""
+    if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        docstring = ast.get_docstring(node, clean=True)
+        if docstring:
+            yield docstring
+    for child in ast.iter_child_nodes(node):
+        yield from _docstrings(child)
+
+
+# --- tokenizing ---------------------------------------------------------------------------
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of documents as token ids, each document followed by EOS."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    text_bytes: int
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 halves disk and page-cache use whenever every id fits in it."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def encode_documents(
+    tokenizer: Tokenizer, eos_id: int, dtype: np.dtype, texts: list[str]
+) -> EncodedBatch:
+    """Token ids of `texts` concatenated with EOS after each, built without a Python per-token loop.
+
+    `encode_batch_fast` gives the same ids as `encode_batch` without computing the character
+    offsets we would throw away, about 10% faster.
+    """
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    id_lists = [encoding.ids for encoding in encodings]
+    lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    body = np.fromiter(chain.from_iterable(id_lists), dtype=dtype, count=int(lengths.sum()))
+    tokens = np.insert(body, np.cumsum(lengths), np.asarray(eos_id, dtype=dtype))
+    text_bytes = sum(len(text.encode("utf-8")) for text in texts)
+    return EncodedBatch(tokens, lengths + 1, text_bytes)
+
+
+@dataclass
+class _WorkerState:
+    tokenizer: Tokenizer
+    eos_id: int
+    dtype: np.dtype
+
+
+_WORKER: _WorkerState | None = None
+
+
+def _init_worker(tokenizer_file: str, eos_id: int, dtype: str) -> None:
+    """Each worker tokenizes on one thread (the pool is the parallelism) and leaves Ctrl-C
+    to the parent, which stops the pool and cleans up.
+
+    The tokenizer comes as a file path, not its JSON: a spawned child that fails before reading
+    all of its start-up arguments would otherwise block the parent on a full pipe forever.
+    """
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER = _WorkerState(Tokenizer.from_file(tokenizer_file), eos_id, np.dtype(dtype))
+
+
+def _worker_encode(texts: list[str]) -> EncodedBatch:
+    assert _WORKER is not None, "worker used before _init_worker"
+    return encode_documents(_WORKER.tokenizer, _WORKER.eos_id, _WORKER.dtype, texts)
+
+
+def _batches(texts: Iterable[str], stats: ReadStats) -> Iterator[tuple[list[str], int]]:
+    """Documents grouped into batches of about _BATCH_CHARS, with the input bytes read so far."""
+    batch: list[str] = []
+    chars = 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if chars >= _BATCH_CHARS:
+            yield batch, stats.bytes_read
+            batch, chars = [], 0
+    if batch:
+        yield batch, stats.bytes_read
+
+
+def _encode_in_order(
+    loaded: LoadedTokenizer,
+    tokenizer_file: Path,
+    dtype: np.dtype,
+    batches: Iterator[tuple[list[str], int]],
+    workers: int,
+) -> Iterator[tuple[EncodedBatch, int]]:
+    """Encoded batches in input order; with several workers, a bounded number in flight."""
+    if workers == 1:
+        for texts, bytes_read in batches:
+            yield encode_documents(loaded.tokenizer, loaded.eos_id, dtype, texts), bytes_read
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(str(tokenizer_file), loaded.eos_id, dtype.str),
+    )
+    pending: deque[tuple[Future[EncodedBatch], int]] = deque()
+    try:
+        for texts, bytes_read in batches:
+            pending.append((pool.submit(_worker_encode, texts), bytes_read))
+            if len(pending) >= _IN_FLIGHT_PER_WORKER * workers:
+                future, done = pending.popleft()
+                yield future.result(), done
+        while pending:
+            future, done = pending.popleft()
+            yield future.result(), done
+    except BrokenProcessPool as exc:
+        raise UserError(
+            f"a tokenizer worker process stopped unexpectedly ({exc}); its own error, if any, "
+            "is printed above"
+        ) from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- progress -----------------------------------------------------------------------------
+
+
+ProgressUpdate = Callable[[str, int, int, int], None]
+
+
+@contextmanager
+def _progress(enabled: bool, total_bytes: int) -> Iterator[ProgressUpdate]:
+    """A rich bar on stderr: phase, input MB read, documents, tokens, ETA. A no-op if disabled."""
+    if not enabled:
+        yield lambda phase, bytes_read, documents, tokens: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[documents]:,} docs"),
+        TextColumn("{task.fields[tokens]:,} tokens"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(phase: str, bytes_read: int, documents: int, tokens: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total_bytes, documents=0, tokens=0)
+            bar.update(tasks[phase], completed=bytes_read, documents=documents, tokens=tokens)
+
+        yield update
+
+
+# --- metadata -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    file: str
+    tokens: int
+    documents: int
+
+
+@dataclass(frozen=True)
+class TokenMeta:
+    """The contents of meta.json: what a trainer needs to read the token files safely."""
+
+    data_dir: Path
+    tokenizer: str
+    tokenizer_sha256: str
+    vocab_size: int
+    eos_id: int
+    dtype: str
+    splits: dict[str, SplitMeta]
+    seed: int
+    val_target_tokens: int
+    text_bytes: int
+    invalid_utf8_documents: int
+    skipped_bad_records: int
+    empty_documents: int
+    inputs: tuple[InputInfo, ...] = ()
+
+    def split_path(self, split: str) -> Path:
+        """The token file of `split`, or a UserError listing the splits that exist."""
+        if split not in self.splits:
+            raise UserError(f"{self.data_dir}: no split {split!r} (have {', '.join(self.splits)})")
+        return self.data_dir / self.splits[split].file
+
+
+def meta_to_json(meta: TokenMeta) -> str:
+    """meta.json's text: keys sorted and no timestamps, so equal runs give equal bytes."""
+    document = {
+        "format": META_FORMAT,
+        "tokenizer": {
+            "identity": meta.tokenizer,
+            "sha256": meta.tokenizer_sha256,
+            "vocab_size": meta.vocab_size,
+            "eos_id": meta.eos_id,
+            "file": TOKENIZER_FILE,
+        },
+        "dtype": meta.dtype,
+        "splits": {
+            name: {"file": split.file, "tokens": split.tokens, "documents": split.documents}
+            for name, split in meta.splits.items()
+        },
+        "seed": meta.seed,
+        "val_target_tokens": meta.val_target_tokens,
+        "text_bytes": meta.text_bytes,
+        "invalid_utf8_documents": meta.invalid_utf8_documents,
+        "skipped_bad_records": meta.skipped_bad_records,
+        "empty_documents": meta.empty_documents,
+        "inputs": [{"path": i.path, "bytes": i.bytes, "sha256": i.sha256} for i in meta.inputs],
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def read_meta(data_dir: str | Path) -> TokenMeta:
+    """Parse and check DIR/meta.json; any problem is a UserError naming the file."""
+    path = Path(data_dir) / META_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(
+            f"{path} not found: prepare the data with `layerwise data prepare`"
+        ) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable or corrupt ({exc})") from exc
+    try:
+        return _meta_from_document(document, Path(data_dir))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is corrupt or from another version ({exc!r})") from exc
+
+
+def _meta_from_document(document: dict, data_dir: Path) -> TokenMeta:
+    if document["format"] != META_FORMAT:
+        raise ValueError(f"format {document['format']!r}, expected {META_FORMAT!r}")
+    tokenizer = document["tokenizer"]
+    dtype = str(document["dtype"])
+    if dtype not in ("uint16", "uint32"):
+        raise ValueError(f"dtype {dtype!r}")
+    splits = {
+        name: SplitMeta(str(s["file"]), _count(s["tokens"]), _count(s["documents"]))
+        for name, s in document["splits"].items()
+    }
+    return TokenMeta(
+        data_dir=data_dir,
+        tokenizer=str(tokenizer["identity"]),
+        tokenizer_sha256=str(tokenizer["sha256"]),
+        vocab_size=_count(tokenizer["vocab_size"]),
+        eos_id=_count(tokenizer["eos_id"]),
+        dtype=dtype,
+        splits=splits,
+        seed=int(document["seed"]),
+        val_target_tokens=_count(document["val_target_tokens"]),
+        text_bytes=_count(document["text_bytes"]),
+        invalid_utf8_documents=_count(document["invalid_utf8_documents"]),
+        skipped_bad_records=_count(document["skipped_bad_records"]),
+        empty_documents=_count(document["empty_documents"]),
+        inputs=tuple(
+            InputInfo(str(i["path"]), _count(i["bytes"]), str(i["sha256"]))
+            for i in document["inputs"]
+        ),
+    )
+
+
+def _count(value: object) -> int:
+    """A non-negative JSON integer (bools are ints in Python, but not counts)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def check_vocab_fits(meta: TokenMeta, model_vocab_size: int) -> None:
+    """Refuse token files with ids the model's embedding cannot look up (silent garbage on GPU)."""
+    if meta.vocab_size > model_vocab_size:
+        raise UserError(
+            f"the tokens in {meta.data_dir} use {meta.vocab_size} ids (tokenizer {meta.tokenizer}) "
+            f"but the model's vocabulary has only {model_vocab_size}: give the model a vocab_size "
+            f"of at least {meta.vocab_size}, or prepare the data with the model's tokenizer"
+        )
+
+
+# --- prepare ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    meta: TokenMeta
+    seconds: float
+
+    @property
+    def train_path(self) -> Path:
+        return self.meta.split_path("train")
+
+    @property
+    def val_path(self) -> Path:
+        return self.meta.split_path("val")
+
+    @property
+    def meta_path(self) -> Path:
+        return self.meta.data_dir / META_FILE
+
+    @property
+    def mb_per_s(self) -> float:
+        """Throughput in MB (10^6 bytes) of UTF-8 text per second of the whole run."""
+        return self.meta.text_bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+def default_workers() -> int:
+    """All cores this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def prepare(
+    inputs: Sequence[str | Path],
+    tokenizer: str,
+    out: str | Path,
+    *,
+    val_tokens: int | None = None,
+    val_fraction: float | None = None,
+    text_field: str = "text",
+    seed: int = 0,
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    show_progress: bool | None = None,
+) -> PrepareResult:
+    """Tokenize `inputs` into OUT/{train,val}.bin + meta.json + tokenizer.json.
+
+    Validation takes whole documents, in an order drawn from `seed`, until it holds at least
+    `val_tokens` (or `val_fraction` of all tokens; default DEFAULT_VAL_FRACTION).
+    `show_progress=None` shows the bar only when stderr is a terminal.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out).expanduser()
+    workers = default_workers() if workers is None else workers
+    _check_options(val_tokens, val_fraction, seed, workers)
+    _check_not_in_worker(workers)
+    _check_out_dir(out_dir, overwrite)
+    sources = resolve_inputs(inputs)
+    if not sources:
+        raise UserError("no inputs given")
+    named_or_size = _named_or_bpe_size(tokenizer)
+    input_infos = tuple(describe_source(source) for source in sources)
+    options = _PrepareOptions(val_tokens, val_fraction, text_field, seed, skip_bad, workers)
+    enabled = sys.stderr.isatty() if show_progress is None else show_progress
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = _sibling_dir(out_dir, "tmp")
+    try:
+        with _progress(enabled, sum(info.bytes for info in input_infos)) as progress:
+            loaded = (
+                named_or_size
+                if isinstance(named_or_size, LoadedTokenizer)
+                else _train_on_inputs(named_or_size, sources, options, progress)
+            )
+            meta = _prepare_into(work_dir, sources, loaded, options, progress)
+        meta = replace(meta, inputs=input_infos, data_dir=out_dir)
+        (work_dir / META_FILE).write_text(meta_to_json(meta), encoding="utf-8")
+        _replace_dir(work_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    return PrepareResult(meta, time.perf_counter() - started)
+
+
+class _PrepareOptions(NamedTuple):
+    val_tokens: int | None
+    val_fraction: float | None
+    text_field: str
+    seed: int
+    skip_bad: bool
+    workers: int
+
+
+def _check_options(
+    val_tokens: int | None, val_fraction: float | None, seed: int, workers: int
+) -> None:
+    if val_tokens is not None and val_fraction is not None:
+        raise UserError("give either --val-tokens or --val-fraction, not both")
+    if val_tokens is not None and val_tokens < 0:
+        raise UserError(f"--val-tokens must be >= 0, got {val_tokens}")
+    if val_fraction is not None and not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+
+
+def _check_not_in_worker(workers: int) -> None:
+    """Fail fast where spawned workers would re-run the caller's script and deadlock.
+
+    Worker processes are spawned (fork is unsafe with the tokenizer's and torch's threads), and
+    spawning re-imports the main script: unguarded, that script calls prepare() again inside
+    each worker, which would start workers of its own.
+    """
+    spawned_main = getattr(sys.modules.get("__mp_main__"), "__name__", "") == "__mp_main__"
+    if workers > 1 and spawned_main:
+        raise UserError(
+            "prepare() with workers > 1 was called inside a child process; in a script, call it "
+            "under `if __name__ == '__main__':` (or pass workers=1)"
+        )
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a directory")
+    if out_dir.exists() and not overwrite:
+        raise UserError(
+            f"output directory {out_dir} already exists (pass --overwrite to replace it)"
+        )
+
+
+def _prepare_into(
+    work_dir: Path,
+    sources: list[Source],
+    loaded: LoadedTokenizer,
+    options: _PrepareOptions,
+    progress: ProgressUpdate,
+) -> TokenMeta:
+    """Tokenize everything into work_dir/train.bin, then move validation documents to val.bin."""
+    tokenizer_file = work_dir / TOKENIZER_FILE
+    loaded.save(tokenizer_file)
+    dtype = token_dtype(loaded.vocab_size)
+    stats = ReadStats()
+    documents = _batches(
+        read_documents(sources, options.text_field, options.skip_bad, stats), stats
+    )
+    batches = _encode_in_order(loaded, tokenizer_file, dtype, documents, options.workers)
+    doc_lengths, text_bytes = _write_tokens(work_dir / "train.bin", batches, progress)
+    if doc_lengths.size == 0:
+        raise UserError(f"no documents found in the inputs ({_describe_sources(sources)})")
+    target = _val_target(int(doc_lengths.sum()), options.val_tokens, options.val_fraction)
+    is_val = choose_validation(doc_lengths, target, options.seed)
+    split_tokens = _split_out_validation(work_dir, dtype, doc_lengths, is_val)
+    return TokenMeta(
+        data_dir=work_dir,
+        tokenizer=loaded.identity,
+        tokenizer_sha256=loaded.sha256,
+        vocab_size=loaded.vocab_size,
+        eos_id=loaded.eos_id,
+        dtype=dtype.name,
+        splits={
+            "train": SplitMeta("train.bin", split_tokens[0], int((~is_val).sum())),
+            "val": SplitMeta("val.bin", split_tokens[1], int(is_val.sum())),
+        },
+        seed=options.seed,
+        val_target_tokens=target,
+        text_bytes=text_bytes,
+        invalid_utf8_documents=stats.invalid_utf8_documents,
+        skipped_bad_records=stats.skipped_bad_records,
+        empty_documents=stats.empty_documents,
+    )
+
+
+def _write_tokens(
+    path: Path, batches: Iterable[tuple[EncodedBatch, int]], progress: ProgressUpdate
+) -> tuple[np.ndarray, int]:
+    """Append each batch's tokens to `path`; returns every document's length and the text bytes.
+
+    The lengths (8 bytes a document) are all that is kept in memory.
+    """
+    lengths: list[np.ndarray] = []
+    text_bytes = n_documents = n_tokens = 0
+    with path.open("wb") as file:
+        for batch, bytes_read in batches:
+            file.write(batch.tokens.tobytes())
+            lengths.append(batch.lengths)
+            text_bytes += batch.text_bytes
+            n_documents += batch.lengths.size
+            n_tokens += batch.tokens.size
+            progress("tokenizing", bytes_read, n_documents, n_tokens)
+    return np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64), text_bytes
+
+
+def _named_or_bpe_size(spec: str) -> LoadedTokenizer | int:
+    """A named tokenizer, loaded before any input is read so a bad SPEC fails at once; or N."""
+    size = bpe_vocab_size(spec)
+    return load_tokenizer(spec) if size is None else size
+
+
+def _train_on_inputs(
+    vocab_size: int, sources: list[Source], options: _PrepareOptions, progress: ProgressUpdate
+) -> LoadedTokenizer:
+    """For bpe:N, a first pass over the inputs trains the tokenizer the second pass applies."""
+    stats = ReadStats()
+
+    def reported(texts: Iterator[str]) -> Iterator[str]:
+        for count, text in enumerate(texts, start=1):
+            progress(f"training bpe:{vocab_size}", stats.bytes_read, count, 0)
+            yield text
+
+    texts = read_documents(sources, options.text_field, options.skip_bad, stats)
+    return train_bpe(vocab_size, reported(texts))
+
+
+def _describe_sources(sources: list[Source]) -> str:
+    names = [str(source.path) for source in sources[:3]]
+    more = f" and {len(sources) - 3} more" if len(sources) > 3 else ""
+    return ", ".join(names) + more
+
+
+def _val_target(total_tokens: int, val_tokens: int | None, val_fraction: float | None) -> int:
+    if val_tokens is not None:
+        return val_tokens
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    return math.ceil(total_tokens * fraction)
+
+
+def choose_validation(doc_lengths: np.ndarray, target_tokens: int, seed: int) -> np.ndarray:
+    """Mask of validation documents: whole documents in seeded random order until >= target.
+
+    Raises a UserError when that would leave nothing to train on.
+    """
+    is_val = np.zeros(doc_lengths.size, dtype=bool)
+    if target_tokens == 0:
+        return is_val
+    order = np.random.default_rng(seed).permutation(doc_lengths.size)
+    reached = np.cumsum(doc_lengths[order])
+    count = int(np.searchsorted(reached, target_tokens, side="left")) + 1
+    if count >= doc_lengths.size:
+        raise UserError(
+            f"a validation split of {target_tokens} tokens would take all {doc_lengths.size} "
+            f"documents ({int(reached[-1])} tokens): lower --val-tokens/--val-fraction "
+            "(0 for no validation split) or add inputs"
+        )
+    is_val[order[:count]] = True
+    return is_val
+
+
+def _split_out_validation(
+    work_dir: Path, dtype: np.dtype, doc_lengths: np.ndarray, is_val: np.ndarray
+) -> tuple[int, int]:
+    """Move validation documents from train.bin to val.bin, compacting train.bin in place.
+
+    In place (writes never overtake reads) so the disk holds the corpus once; a chunk of
+    documents at a time so memory stays bounded. Returns (train tokens, val tokens).
+    """
+    train_path, val_path = work_dir / "train.bin", work_dir / "val.bin"
+    offsets = np.concatenate(([0], np.cumsum(doc_lengths)))
+    total = int(offsets[-1])
+    val_path.touch()
+    if not is_val.any():
+        return total, 0
+    first = int(np.argmax(is_val))
+    starts = np.arange(int(offsets[first]), total, _SPLIT_CHUNK_TOKENS)
+    bounds = np.unique(np.concatenate((np.searchsorted(offsets, starts), [doc_lengths.size])))
+    tokens = np.memmap(train_path, dtype=dtype, mode="r+", shape=(total,))
+    write = int(offsets[first])
+    with val_path.open("wb") as val_file:
+        for lo, hi in pairwise(bounds):
+            chunk = np.array(tokens[offsets[lo] : offsets[hi]])
+            mask = np.repeat(is_val[lo:hi], doc_lengths[lo:hi])
+            val_file.write(chunk[mask].tobytes())
+            kept = chunk[~mask]
+            tokens[write : write + kept.size] = kept
+            write += kept.size
+    tokens.flush()
+    del tokens
+    os.truncate(train_path, write * dtype.itemsize)
+    return write, total - write
+
+
+def _replace_dir(work_dir: Path, out_dir: Path) -> None:
+    """Put the finished directory in place; an old one is moved aside first, then deleted."""
+    if not out_dir.exists():
+        work_dir.rename(out_dir)
+        return
+    trash = _sibling_dir(out_dir, "old")
+    out_dir.rename(trash / out_dir.name)
+    work_dir.rename(out_dir)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sibling_dir(out_dir: Path, role: str) -> Path:
+    """A new hidden directory next to OUT: same file system, so the final rename is atomic.
+
+    Made with mkdir (not mkdtemp) so the output gets the usual umask permissions, not 0700.
+    """
+    while True:
+        candidate = out_dir.parent / f".{out_dir.name}.{role}-{secrets.token_hex(4)}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
