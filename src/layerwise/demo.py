@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from layerwise.compare import ComparisonPlan, PlannedRun, make_plan, run_comparison
-from layerwise.data import prepare
+from layerwise.data import PrepareResult, prepare
 from layerwise.profiles import SHAPES
 
 DEMO_TOKENIZER = "bpe:4096"
@@ -25,16 +25,18 @@ def demo_config() -> Path:
     return Path(str(resources.files("layerwise") / "demo.yaml"))
 
 
-def prepare_demo_data(data_dir: Path) -> None:
-    """Tokenize the standard library's docstrings once; later runs reuse them."""
-    if not (data_dir / "meta.json").exists():
-        prepare(
-            ["python-docs"],
-            DEMO_TOKENIZER,
-            data_dir,
-            overwrite=data_dir.exists(),
-            show_progress=True,
-        )
+def prepare_demo_data(data_dir: Path) -> PrepareResult | None:
+    """Tokenize the standard library's docstrings once; None when an earlier run already did."""
+    if (data_dir / "meta.json").exists():
+        return None
+    return prepare(
+        ["python-docs"],
+        DEMO_TOKENIZER,
+        data_dir,
+        val_tokens=DEMO_VAL_TOKENS,
+        overwrite=data_dir.exists(),
+        show_progress=True,
+    )
 
 
 def demo_plan(out: Path, overrides: tuple[str, ...] = ()) -> ComparisonPlan:
