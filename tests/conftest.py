@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.data import SplitMeta, TokenMeta, meta_to_json
+from layerwise.data import InputInfo, SplitMeta, TokenMeta, meta_to_json
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -41,17 +41,20 @@ def markov_tokens(n: int, seed: int, vocab: int = MARKOV_VOCAB) -> np.ndarray:
 
 
 def write_token_dir(directory: Path, splits: dict[str, np.ndarray], vocab: int) -> Path:
-    """train.bin / val.bin / meta.json exactly as `layerwise data prepare` lays them out."""
+    """train.bin / val.bin / meta.json exactly as `layerwise data prepare` lays them out.
+
+    The arrays' own dtype (uint16 or uint32) is the files' dtype.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for name, tokens in splits.items():
-        tokens.astype(np.uint16).tofile(directory / f"{name}.bin")
+        tokens.tofile(directory / f"{name}.bin")
     meta = TokenMeta(
         data_dir=directory,
-        tokenizer="test-markov",
+        tokenizer="test-tokens",
         tokenizer_sha256="0" * 64,
         vocab_size=vocab,
         eos_id=0,
-        dtype="uint16",
+        dtype=next(iter(splits.values())).dtype.name,
         splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
         seed=0,
         val_target_tokens=len(splits.get("val", ())),
@@ -59,6 +62,7 @@ def write_token_dir(directory: Path, splits: dict[str, np.ndarray], vocab: int) 
         invalid_utf8_documents=0,
         skipped_bad_records=0,
         empty_documents=0,
+        inputs=(InputInfo("test", 0, "0" * 64),),
     )
     (directory / "meta.json").write_text(meta_to_json(meta))
     return directory

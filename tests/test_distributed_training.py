@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_token_dir
 from layerwise.checkpointing import list_checkpoints
-from layerwise.data import SplitMeta, TokenMeta, meta_to_json
 from layerwise.metrics import read_records
 
 pytestmark = pytest.mark.slow
@@ -68,24 +68,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("distributed")
     rng = np.random.default_rng(0)
     splits = {"train": rng.integers(0, VOCAB, 3000), "val": rng.integers(0, VOCAB, 400)}
-    for name, tokens in splits.items():
-        tokens.astype(np.uint16).tofile(directory / f"{name}.bin")
-    meta = TokenMeta(
-        data_dir=directory,
-        tokenizer="test-uniform",
-        tokenizer_sha256="0" * 64,
-        vocab_size=VOCAB,
-        eos_id=0,
-        dtype="uint16",
-        splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
-        seed=0,
-        val_target_tokens=400,
-        text_bytes=0,
-        invalid_utf8_documents=0,
-        skipped_bad_records=0,
-        empty_documents=0,
-    )
-    (directory / "meta.json").write_text(meta_to_json(meta))
+    write_token_dir(directory, {k: v.astype(np.uint16) for k, v in splits.items()}, VOCAB)
     path = directory / "tiny.yaml"
     path.write_text(TINY.replace("data:\n", f"data:\n  dir: {directory}\n"))
     return path

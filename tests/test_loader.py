@@ -10,37 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.data import InputInfo, SplitMeta, TokenMeta, meta_to_json
+from conftest import write_token_dir
 from layerwise.errors import UserError
 from layerwise.loader import TokenWindows, WindowSampler, open_split, validation_indices
 
 
 def write_split_dir(directory: Path, train: np.ndarray, val: np.ndarray) -> Path:
-    """A token directory as `data prepare` lays it out, without tokenizing anything."""
-    directory.mkdir(parents=True, exist_ok=True)
-    train.tofile(directory / "train.bin")
-    val.tofile(directory / "val.bin")
-    meta = TokenMeta(
-        data_dir=directory,
-        tokenizer="test",
-        tokenizer_sha256="0" * 64,
-        vocab_size=70_000 if train.dtype == np.uint32 else 1000,
-        eos_id=0,
-        dtype=train.dtype.name,
-        splits={
-            "train": SplitMeta("train.bin", train.size, 1),
-            "val": SplitMeta("val.bin", val.size, 1),
-        },
-        seed=0,
-        val_target_tokens=val.size,
-        text_bytes=0,
-        invalid_utf8_documents=0,
-        skipped_bad_records=0,
-        empty_documents=0,
-        inputs=(InputInfo("x", 0, "0" * 64),),
-    )
-    (directory / "meta.json").write_text(meta_to_json(meta))
-    return directory
+    vocab = 70_000 if train.dtype == np.uint32 else 1000
+    return write_token_dir(directory, {"train": train, "val": val}, vocab)
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])

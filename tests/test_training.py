@@ -8,20 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import layerwise
+from conftest import markov_tokens, write_token_dir
 from layerwise import training
 from layerwise.checkpointing import list_checkpoints
 from layerwise.cli import main as cli_main
 from layerwise.config import Config, load_config
-from layerwise.data import SplitMeta, TokenMeta, meta_to_json, read_meta
+from layerwise.data import read_meta
 from layerwise.distributed import DistInfo
 from layerwise.errors import UserError
 from layerwise.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops, read_records
@@ -69,50 +68,10 @@ run:
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models only lose from intra-op threads, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def markov_tokens(n: int, seed: int) -> np.ndarray:
-    """A learnable stream: each token mostly follows from the previous one."""
-    rng = np.random.default_rng(seed)
-    successor = rng.permutation(VOCAB)
-    tokens = np.empty(n, dtype=np.uint16)
-    tokens[0] = 1
-    for i in range(1, n):
-        tokens[i] = successor[tokens[i - 1]] if rng.random() < 0.8 else rng.integers(VOCAB)
-    return tokens
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train.bin / val.bin / meta.json in the data module's format."""
-    directory = tmp_path_factory.mktemp("tokens")
-    splits = {"train": markov_tokens(4000, 0), "val": markov_tokens(600, 1)}
-    for name, tokens in splits.items():
-        tokens.tofile(directory / f"{name}.bin")
-    meta = TokenMeta(
-        data_dir=directory,
-        tokenizer="test-markov",
-        tokenizer_sha256="0" * 64,
-        vocab_size=VOCAB,
-        eos_id=0,
-        dtype="uint16",
-        splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
-        seed=0,
-        val_target_tokens=600,
-        text_bytes=0,
-        invalid_utf8_documents=0,
-        skipped_bad_records=0,
-        empty_documents=0,
-    )
-    (directory / "meta.json").write_text(meta_to_json(meta))
-    return directory
+    splits = {"train": markov_tokens(4000, 0, VOCAB), "val": markov_tokens(600, 1, VOCAB)}
+    return write_token_dir(tmp_path_factory.mktemp("tokens"), splits, VOCAB)
 
 
 @pytest.fixture()

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def execute(console: Console, plan: ComparisonPlan) -> int:
     """Train the missing runs, then (on rank 0) write and print the report."""
     from layerwise.compare import is_main_process, run_comparison
+    from layerwise.distributed import shutdown
     from layerwise.training import RunInterrupted
 
     main_process = is_main_process(plan)
@@ -105,6 +106,8 @@ def execute(console: Console, plan: ComparisonPlan) -> int:
     except RunInterrupted as exc:
         console.print(f"layerwise: {exc}; rerun the same command to continue the comparison")
         return 128 + exc.signum
+    finally:
+        shutdown()
     if main_process:
         print_report(console, str(plan.out))
     return 0
