@@ -87,10 +87,13 @@ def plot_curves(
     ylabel: str,
     zoom_last: float | None = None,
     spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
+    log_y: bool = False,
 ) -> Path:
     """One line per profile; `zoom_last` keeps only the last fraction of x to show small gaps.
 
     `spread` gives (x, low, high) bands, e.g. min/max over seeds, drawn behind each line.
+    `log_y` keeps the late, small differences visible next to a large value at step 0. Sparse
+    series (evaluations) get a marker at every point so a reader sees where they were measured.
     """
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
@@ -102,7 +105,16 @@ def plot_curves(
         if not kept:
             continue
         colour = colour_for(name, names)
-        ax.plot([x for x, _ in kept], [y for _, y in kept], color=colour, label=name, linewidth=1.4)
+        marker = "o" if len(kept) <= 40 else None
+        ax.plot(
+            [x for x, _ in kept],
+            [y for _, y in kept],
+            color=colour,
+            label=name,
+            linewidth=1.4,
+            marker=marker,
+            markersize=3,
+        )
         band = [b for b in (spread or {}).get(name, []) if b[0] >= x_min]
         if band:
             ax.fill_between(
@@ -113,7 +125,9 @@ def plot_curves(
                 alpha=0.15,
             )
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False)
     return save_figure(fig, path)
 

@@ -279,6 +279,7 @@ def write_plots(
             title="Validation perplexity",
             xlabel="tokens (millions)",
             ylabel="perplexity",
+            log_y=True,
         ),
         plot_curves(
             {p: c for p, (c, _) in val.items()},
