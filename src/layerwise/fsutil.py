@@ -28,11 +28,20 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """The permissions `open()` would give a new file: mkstemp's private 0600 would hide
+    reports and figures from the user's group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
