@@ -354,3 +354,13 @@ def test_vocab_check_refuses_ids_the_model_cannot_embed(tmp_path: Path) -> None:
     check_vocab_fits(meta, 50304)
     with pytest.raises(UserError, match=r"50280 ids.*vocabulary has only 50257"):
         check_vocab_fits(meta, 50257)
+
+
+def test_val_tokens_flag_reads_budgets_like_50m() -> None:
+    from layerwise.cli import build_parser, parse
+
+    argv = ["data", "prepare", "--input", "x", "--tokenizer", "bpe:300", "--out", "y"]
+    assert parse(build_parser(), [*argv, "--val-tokens", "50M"]).val_tokens == 50_000_000
+    assert parse(build_parser(), [*argv, "--val-tokens", "0"]).val_tokens == 0
+    with pytest.raises(SystemExit):
+        parse(build_parser(), [*argv, "--val-tokens", "lots"])

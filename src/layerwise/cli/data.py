@@ -6,6 +6,18 @@ import argparse
 import sys
 
 from layerwise.data import DEFAULT_VAL_FRACTION, PYTHON_DOCS, PrepareResult, prepare
+from layerwise.errors import UserError
+from layerwise.profiles import parse_count
+
+
+def token_count(text: str) -> int:
+    """`--val-tokens` as users write budgets (50M, 1.5B); 0 means no validation split."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_count(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument("--out", required=True, metavar="DIR", help="output directory")
     val = prep.add_mutually_exclusive_group()
     val.add_argument(
-        "--val-tokens", type=int, metavar="N", help="hold out whole documents until N tokens"
+        "--val-tokens",
+        type=token_count,
+        metavar="N",
+        help="hold out whole documents until N tokens (e.g. 50M)",
     )
     val.add_argument(
         "--val-fraction",
