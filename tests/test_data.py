@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from conftest import SHARED
 from layerwise.cli import data as cli_data
 from layerwise.data import (
     PYTHON_DOCS,
@@ -32,7 +33,6 @@ from layerwise.data import (
 from layerwise.errors import UserError
 from layerwise.tokenizer import load_tokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 OLMO_JSON = SHARED / "tokenizers" / "gpt-neox-olmo-dolma-v1_5.json"
 ENWIKI = SHARED / "corpora" / "enwiki-sample.jsonl.gz"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models
 
+from conftest import SHARED
 from layerwise.errors import UserError
 from layerwise.tokenizer import bpe_vocab_size, load_tokenizer, train_bpe
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 OLMO_JSON = SHARED / "tokenizers" / "gpt-neox-olmo-dolma-v1_5.json"
 
