@@ -304,16 +304,18 @@ def train_step(
 
     The loss and the stop request (asked after the backward pass, so a signal that arrives
     during this step stops the run after it) are reduced in one collective, which every step
-    needs anyway to log the global loss. A non-finite loss or gradient norm raises before the
-    update, so the weights (and any checkpoint written later) never hold its result.
+    needs anyway to log the global loss, and read back with the gradient norm in one host
+    sync. A non-finite loss or gradient norm raises before the update, so the weights (and any
+    checkpoint written later) never hold its result.
     """
     device = next(model.parameters()).device
     set_lr(optimizer, lr)
     loss = forward_backward(model, windows, plan, device, dtype)
-    grad_norm = clip_gradients(model, grad_clip).item()
     flags = torch.tensor(float(stop_requested()), device=device)
-    reduced = all_reduce_sum(torch.stack([loss, flags])).tolist()
-    mean_loss = reduced[0] / plan.world_size
+    reduced = all_reduce_sum(torch.stack([loss, flags]))
+    norm = clip_gradients(model, grad_clip).reshape(1).to(reduced.dtype)
+    summed_loss, stops, grad_norm = torch.cat([reduced, norm]).tolist()
+    mean_loss = summed_loss / plan.world_size
     if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(
@@ -323,7 +325,7 @@ def train_step(
         )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss=mean_loss, grad_norm=grad_norm, stop=reduced[1] > 0)
+    return StepResult(loss=mean_loss, grad_norm=grad_norm, stop=stops > 0)
 
 
 @torch.no_grad()
