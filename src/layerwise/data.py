@@ -675,18 +675,6 @@ class PrepareResult:
     seconds: float
 
     @property
-    def train_path(self) -> Path:
-        return self.meta.split_path("train")
-
-    @property
-    def val_path(self) -> Path:
-        return self.meta.split_path("val")
-
-    @property
-    def meta_path(self) -> Path:
-        return self.meta.data_dir / META_FILE
-
-    @property
     def mb_per_s(self) -> float:
         """Throughput in MB (10^6 bytes) of UTF-8 text per second of the whole run."""
         return self.meta.text_bytes / 1e6 / max(self.seconds, 1e-9)

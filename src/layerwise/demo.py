@@ -7,12 +7,11 @@ parameter count, on the CPU. Everything lands in one directory and a rerun resum
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from layerwise.compare import ComparisonPlan, PlannedRun, make_plan, run_comparison
-from layerwise.data import PrepareResult, prepare
+from layerwise.compare import ComparisonPlan, make_plan
+from layerwise.data import META_FILE, PrepareResult, prepare
 from layerwise.profiles import SHAPES
 
 DEMO_TOKENIZER = "bpe:4096"
@@ -27,7 +26,7 @@ def demo_config() -> Path:
 
 def prepare_demo_data(data_dir: Path) -> PrepareResult | None:
     """Tokenize the standard library's docstrings once; None when an earlier run already did."""
-    if (data_dir / "meta.json").exists():
+    if (data_dir / META_FILE).exists():
         return None
     return prepare(
         ["python-docs"],
@@ -48,15 +47,3 @@ def demo_plan(out: Path, overrides: tuple[str, ...] = ()) -> ComparisonPlan:
         match="isotropic",
         overrides=(f"data.dir={out / 'data'}", *overrides),
     )
-
-
-def run_demo(
-    out: str | Path,
-    overrides: tuple[str, ...] = (),
-    on_run: Callable[[int, int, PlannedRun, str], None] = lambda *_: None,
-) -> ComparisonPlan:
-    out = Path(out)
-    prepare_demo_data(out / "data")
-    plan = demo_plan(out, overrides)
-    run_comparison(plan, on_run)
-    return plan
