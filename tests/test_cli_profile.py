@@ -31,8 +31,20 @@ def test_show_table_lists_every_layer_and_total(capsys: pytest.CaptureFixture[st
 
 
 def test_custom_recipe_with_budget_reports_distance(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["--layers", "12", "--d-model", "512", "--ffn", "1,4", "--qkv", "0.5,1", "--vocab", "32000",
-            "--target-params", "80M"]
+    argv = [
+        "--layers",
+        "12",
+        "--d-model",
+        "512",
+        "--ffn",
+        "1,4",
+        "--qkv",
+        "0.5,1",
+        "--vocab",
+        "32000",
+        "--target-params",
+        "80M",
+    ]
     report = run_json(capsys, *argv)
     assert len(report["layers"]) == 12
     assert abs(report["budget"]["relative_error"]) <= 0.005

@@ -11,8 +11,17 @@ import torch.nn.functional as F
 from layerwise.model import BlockOptions, Transformer
 from layerwise.profiles import PRESETS, ProfileSpec, build_shape, total_params
 
-TINY = ProfileSpec(ffn=(0.5, 3.8, 0.5), qkv=(0.5, 1.0, 0.5), frame=True, n_layers=4, d_model=64,
-                   head_dim=16, gqa_group=2, vocab_size=97, ffn_divisor=32)
+TINY = ProfileSpec(
+    ffn=(0.5, 3.8, 0.5),
+    qkv=(0.5, 1.0, 0.5),
+    frame=True,
+    n_layers=4,
+    d_model=64,
+    head_dim=16,
+    gqa_group=2,
+    vocab_size=97,
+    ffn_divisor=32,
+)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -85,4 +94,6 @@ def test_bf16_autocast_runs_on_cpu() -> None:
         loss = model(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.dtype == torch.float32
+    assert (
+        model.lm_head.weight.grad is not None and model.lm_head.weight.grad.dtype == torch.float32
+    )

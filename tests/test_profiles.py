@@ -23,14 +23,86 @@ from layerwise.profiles import (
 )
 
 STUDY_FFN = {
-    "vanilla": [768, 1024, 1024, 1280, 1280, 1536, 1536, 1792, 1792, 2048, 2048, 2304, 2304,
-                2560, 2560, 2816, 2816, 3072],
-    "framed": [3072, 512, 768, 1024, 1024, 1280, 1280, 1536, 1536, 1792, 2048, 2048, 2304,
-               2560, 2560, 2816, 2816, 3072],
-    "reverse": [3072, 2816, 2816, 2560, 2560, 2304, 2048, 2048, 1792, 1536, 1536, 1280, 1280,
-                1024, 1024, 768, 512, 3072],
-    "crown": [3072, 768, 1024, 1280, 1536, 2048, 2304, 2560, 2816, 2816, 2560, 2304, 2048,
-              1536, 1280, 1024, 768, 3072],
+    "vanilla": [
+        768,
+        1024,
+        1024,
+        1280,
+        1280,
+        1536,
+        1536,
+        1792,
+        1792,
+        2048,
+        2048,
+        2304,
+        2304,
+        2560,
+        2560,
+        2816,
+        2816,
+        3072,
+    ],
+    "framed": [
+        3072,
+        512,
+        768,
+        1024,
+        1024,
+        1280,
+        1280,
+        1536,
+        1536,
+        1792,
+        2048,
+        2048,
+        2304,
+        2560,
+        2560,
+        2816,
+        2816,
+        3072,
+    ],
+    "reverse": [
+        3072,
+        2816,
+        2816,
+        2560,
+        2560,
+        2304,
+        2048,
+        2048,
+        1792,
+        1536,
+        1536,
+        1280,
+        1280,
+        1024,
+        1024,
+        768,
+        512,
+        3072,
+    ],
+    "crown": [
+        3072,
+        768,
+        1024,
+        1280,
+        1536,
+        2048,
+        2304,
+        2560,
+        2816,
+        2816,
+        2560,
+        2304,
+        2048,
+        1536,
+        1280,
+        1024,
+        768,
+        3072,
+    ],
     "isotropic": [2048] * 18,
 }
 STUDY_HEADS = {
@@ -40,7 +112,13 @@ STUDY_HEADS = {
     "crown": [12] + [9] * 5 + [12] * 6 + [9] * 5 + [12],
     "isotropic": [9] * 18,
 }
-STUDY_MILLIONS = {"isotropic": 183.48, "vanilla": 179.74, "framed": 179.35, "reverse": 179.35, "crown": 181.91}
+STUDY_MILLIONS = {
+    "isotropic": 183.48,
+    "vanilla": 179.74,
+    "framed": 179.35,
+    "reverse": 179.35,
+    "crown": 181.91,
+}
 
 
 @pytest.mark.parametrize("name", list(STUDY_FFN))
@@ -77,7 +155,9 @@ def test_crown_interpolation_even_and_odd() -> None:
 
 
 def test_many_anchors_and_explicit_lists() -> None:
-    assert interpolate([1.0, 2.0, 4.0, 1.0], 7) == pytest.approx([1.0, 1.5, 2.0, 3.0, 4.0, 2.5, 1.0])
+    assert interpolate([1.0, 2.0, 4.0, 1.0], 7) == pytest.approx(
+        [1.0, 1.5, 2.0, 3.0, 4.0, 2.5, 1.0]
+    )
     explicit = [1.0, 3.0, 2.0, 5.0, 1.5]
     assert interpolate(explicit, 5) == explicit
 
@@ -100,7 +180,9 @@ def test_flops_of_the_isotropic_reference() -> None:
 def test_flops_count_each_layers_own_heads() -> None:
     """Costing every layer at one model-wide head count would understate Crown's attention."""
     crown = build_shape(PRESETS["paper-18l-crown"])
-    uniform_heads = replace(crown, layers=tuple(replace(layer, n_heads=9, n_kv_heads=3) for layer in crown.layers))
+    uniform_heads = replace(
+        crown, layers=tuple(replace(layer, n_heads=9, n_kv_heads=3) for layer in crown.layers)
+    )
     extra_q = sum(layer.n_heads - 9 for layer in crown.layers) * 64
     extra_kv = sum(layer.n_kv_heads - 3 for layer in crown.layers) * 64
     difference = 6 * (2 * 768 * extra_q + 2 * 768 * extra_kv) + 12 * extra_q * 1024
