@@ -16,7 +16,7 @@ from layerwise.cli import main
 from layerwise.compare import make_plan, plan_runs
 from layerwise.errors import UserError
 from layerwise.metrics import read_records
-from layerwise.training import RunSummary
+from layerwise.rundir import RunSummary
 
 TINY = """
 model:
@@ -63,7 +63,8 @@ def test_compare_writes_the_table_csv_and_figures(config: Path, tmp_path: Path, 
 
     summaries = {
         (p, s): RunSummary.load(out / p / f"seed{s}" / "summary.json")
-        for p in PROFILES.split(",") for s in (0, 1)
+        for p in PROFILES.split(",")
+        for s in (0, 1)
     }
     reference = summaries["isotropic", 0].params
     for summary in summaries.values():
@@ -82,11 +83,20 @@ def test_compare_writes_the_table_csv_and_figures(config: Path, tmp_path: Path, 
         assert row["seeds"] == "2"
     assert rows[0]["val_ppl_delta_pct"] == ""
     crown_delta = float(rows[2]["val_ppl_delta_pct"])
-    assert crown_delta == pytest.approx(100 * (float(rows[2]["val_ppl_mean"]) / float(rows[0]["val_ppl_mean"]) - 1))
+    assert crown_delta == pytest.approx(
+        100 * (float(rows[2]["val_ppl_mean"]) / float(rows[0]["val_ppl_mean"]) - 1)
+    )
 
     report = (out / "report.md").read_text()
     assert "± " in report and "seed-to-seed spread" in report
-    for name in ("train_loss", "train_loss_zoom", "val_ppl", "val_ppl_zoom", "allocation", "throughput"):
+    for name in (
+        "train_loss",
+        "train_loss_zoom",
+        "val_ppl",
+        "val_ppl_zoom",
+        "allocation",
+        "throughput",
+    ):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000, name
         assert f"figures/{name}.png" in report
@@ -115,7 +125,21 @@ def test_bad_requests_fail_before_training(config: Path, tmp_path: Path, capsys)
     out = tmp_path / "cmp"
     assert main(["compare", str(config), "--profiles", "isotropic,diamond", "--out", str(out)]) == 2
     assert "unknown profile 'diamond'" in capsys.readouterr().err
-    assert main(["compare", str(config), "--profiles", "crown", "--match-params", "isotropic", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(config),
+                "--profiles",
+                "crown",
+                "--match-params",
+                "isotropic",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "not among --profiles" in capsys.readouterr().err
     assert main(["compare", str(config), "--seeds", "0,x", "--out", str(out)]) == 2
     assert not (out / "crown").exists()
@@ -125,13 +149,25 @@ def test_bad_requests_fail_before_training(config: Path, tmp_path: Path, capsys)
 
 def test_rerun_after_a_kill_finishes_only_the_missing_runs(config: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    command = [sys.executable, "-m", "layerwise", "compare", str(config), "--profiles", PROFILES,
-               "--out", str(out), "train.steps=30", "checkpoint.interval=5"]
+    command = [
+        sys.executable,
+        "-m",
+        "layerwise",
+        "compare",
+        str(config),
+        "--profiles",
+        PROFILES,
+        "--out",
+        str(out),
+        "train.steps=30",
+        "checkpoint.interval=5",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = out / "isotropic" / "seed0"
     second = out / "vanilla" / "seed0"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not list((second / "checkpoints").glob("step_*[0-9]")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -141,7 +177,9 @@ def test_rerun_after_a_kill_finishes_only_the_missing_runs(config: Path, tmp_pat
     assert not (second / "summary.json").exists(), "the kill should have hit the second run"
     finished_log = (first / "metrics.jsonl").read_bytes()
 
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=True)
+    rerun = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=True
+    )
     assert "isotropic seed 0: finished earlier, skipped" in rerun.stdout
     assert (first / "metrics.jsonl").read_bytes() == finished_log
     steps = [r["step"] for r in read_records(second / "metrics.jsonl") if r["type"] == "train"]

@@ -20,7 +20,8 @@ from layerwise.config import load_config
 from layerwise.distributed import init_distributed
 from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_json
-from layerwise.training import SUMMARY_FILE, RunSummary, train
+from layerwise.rundir import SUMMARY_FILE, RunSummary
+from layerwise.training import train
 
 MANIFEST_FILE = "comparison.json"
 

@@ -43,6 +43,14 @@ def _bounds(
 _COUNT = {"count": True}
 """Field metadata for integers users write as budgets ("180M", "5.1B")."""
 
+_OPERATIONAL = {"operational": True}
+"""Field metadata for settings that change how or where a run executes but not what it learns.
+
+Decided per field, not per section: a run may resume, or join a comparison, with these changed
+(another device, micro-batch, parallel layout, checkpoint cadence), and the config hash ignores
+them. Everything else (including `run.precision`, which changes the numbers) is the experiment.
+"""
+
 
 @dataclass
 class ModelConfig:
@@ -81,7 +89,7 @@ class BatchConfig:
 
     global_batch: int | None = field(default=None, metadata=_bounds(1))
     global_batch_tokens: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
-    micro_batch: int = field(default=8, metadata=_bounds(1))
+    micro_batch: int = field(default=8, metadata={**_OPERATIONAL, **_bounds(1)})
 
 
 @dataclass
@@ -106,36 +114,37 @@ class TrainConfig:
     steps: int | None = field(default=None, metadata=_bounds(1))
     tokens: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
     seed: int = field(default=0, metadata=_bounds(0))
-    val_interval: int = field(default=500, metadata=_bounds(1))
+    val_interval: int = field(default=500, metadata={**_OPERATIONAL, **_bounds(1)})
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = field(default=1000, metadata=_bounds(1))
-    keep: int = field(default=2, metadata=_bounds(1))
+    interval: int = field(default=1000, metadata={**_OPERATIONAL, **_bounds(1)})
+    keep: int = field(default=2, metadata={**_OPERATIONAL, **_bounds(1)})
 
 
 @dataclass
 class ParallelConfig:
     """`auto` is DDP when launched on several processes, else a plain single-process model."""
 
-    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"
-    activation_checkpointing: bool = False
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = field(default="auto", metadata=_OPERATIONAL)
+    activation_checkpointing: bool = field(default=False, metadata=_OPERATIONAL)
 
 
 @dataclass
 class RunConfig:
-    """How and where to run; nothing here changes what is learned, so it is outside the hash."""
+    """How and where to run. All but `precision` leave what is learned unchanged."""
 
-    dir: str = "runs/default"
-    resume: Literal["never", "auto"] = "never"
-    device: str = "auto"
+    dir: str = field(default="runs/default", metadata=_OPERATIONAL)
+    resume: Literal["never", "auto"] = field(default="never", metadata=_OPERATIONAL)
+    overwrite: bool = field(default=False, metadata=_OPERATIONAL)
+    device: str = field(default="auto", metadata=_OPERATIONAL)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    compile: bool = False
-    peak_tflops: float | None = field(default=None, metadata=_bounds(above=0))
-    tensorboard: bool = False
-    progress: bool = True
-    log_interval: int = field(default=10, metadata=_bounds(1))
+    compile: bool = field(default=False, metadata=_OPERATIONAL)
+    peak_tflops: float | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(above=0)})
+    tensorboard: bool = field(default=False, metadata=_OPERATIONAL)
+    progress: bool = field(default=True, metadata=_OPERATIONAL)
+    log_interval: int = field(default=10, metadata={**_OPERATIONAL, **_bounds(1)})
 
 
 @dataclass
@@ -148,10 +157,6 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-OPERATIONAL_SECTIONS = ("run", "checkpoint")
-"""Sections that may change between a run and its resumption, and that the config hash ignores."""
 
 
 @dataclass(frozen=True)
@@ -545,9 +550,18 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
+def is_operational(section: str, key: str) -> bool:
+    """Whether `section.key` may differ between a run and its resumption (see _OPERATIONAL)."""
+    cls = _section_types()[section]
+    return any(f.name == key and f.metadata.get("operational") for f in dataclasses.fields(cls))
+
+
 def experiment_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """The sections that decide what a run learns (all but the operational ones)."""
-    return {k: v for k, v in config_to_dict(config).items() if k not in OPERATIONAL_SECTIONS}
+    """The fields that decide what a run learns (all but the operational ones)."""
+    return {
+        section: {k: v for k, v in body.items() if not is_operational(section, k)}
+        for section, body in config_to_dict(config).items()
+    }
 
 
 def config_hash(config: Config) -> str:
@@ -557,7 +571,7 @@ def config_hash(config: Config) -> str:
 
 
 def experiment_differences(old: Config, new: Config) -> list[str]:
-    """Keys outside the operational sections whose values differ, as `section.key`."""
+    """Experiment keys (not operational ones) whose values differ, as `section.key`."""
     before, after = experiment_dict(old), experiment_dict(new)
     return [
         f"{section}.{key}"

@@ -24,8 +24,7 @@ import torch
 
 from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
+from layerwise.rundir import METRICS_FILE, read_records
 
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"\bGH200\b", 989.4),
@@ -153,19 +152,6 @@ class Throughput:
     @property
     def tokens_per_s(self) -> float | None:
         return self.tokens / self.seconds if self.seconds > 0 else None
-
-
-def read_records(path: Path) -> list[dict]:
-    """The complete records of a metrics log; a torn last line (from a kill) is left out."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def truncate_log(path: Path, last_step: int) -> list[dict]:

@@ -18,10 +18,9 @@ from pathlib import Path
 from layerwise.compare import read_manifest
 from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_text
-from layerwise.metrics import METRICS_FILE, read_records
 from layerwise.plots import plot_allocation, plot_bars, plot_curves
 from layerwise.profiles import LayerSpec, ModelShape
-from layerwise.training import SUMMARY_FILE, RunSummary
+from layerwise.rundir import METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
 
 Curve = list[tuple[float, float]]
 

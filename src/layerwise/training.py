@@ -15,7 +15,6 @@ progress display, and every rank takes part in checkpointing and evaluation.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import threading
@@ -57,7 +56,6 @@ from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_json, atomic_write_text
 from layerwise.loader import TokenWindows, WindowSampler, open_split, validation_indices
 from layerwise.metrics import (
-    METRICS_FILE,
     MetricsWriter,
     MfuBasis,
     Throughput,
@@ -80,9 +78,8 @@ from layerwise.profiles import (
     resolve_shape,
     total_params,
 )
+from layerwise.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunSummary
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 VOCAB_MULTIPLE = 64
 """`model.vocab_size: null` rounds the data's vocabulary up to this, for tensor-core-friendly shapes."""
 THROUGHPUT_WARMUP_STEPS = 10
@@ -102,43 +99,6 @@ class RunInterrupted(Exception):
             f"{signal.Signals(signum).name} received: stopped after step {step} and saved "
             f"{checkpoint}; continue with --resume (run.resume=auto)"
         )
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What one run achieved and what it ran on; `summary.json` in the run directory."""
-
-    run_dir: str
-    profile: str
-    seed: int
-    steps: int
-    tokens: int
-    final_train_loss: float | None
-    final_val_loss: float | None
-    final_val_ppl: float | None
-    params: int
-    non_embedding_params: int
-    layers: list[dict[str, int]]
-    d_model: int
-    head_dim: int
-    vocab_size: int
-    flops_per_token: int
-    budget: dict[str, Any] | None
-    mean_tokens_per_s: float | None
-    mean_mfu: float | None
-    mfu_note: str | None
-    peak_memory_mib: float | None
-    wall_time_s: float
-    hardware: dict[str, Any]
-    versions: dict[str, str]
-    config_hash: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, path: Path) -> RunSummary:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
 # ---------------------------------------------------------------------------------------------

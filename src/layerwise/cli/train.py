@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from layerwise.training import RunSummary
+    from layerwise.rundir import RunSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,75 @@
+"""What a run directory holds, readable without torch: file names, the summary, the metrics log.
+
+Reports, run listings and comparisons read finished runs through this module, so they start
+fast and never import the training stack. Writing happens in the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from layerwise.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run achieved and what it ran on; `summary.json` in the run directory."""
+
+    run_dir: str
+    profile: str
+    seed: int
+    steps: int
+    tokens: int
+    final_train_loss: float | None
+    final_val_loss: float | None
+    final_val_ppl: float | None
+    params: int
+    non_embedding_params: int
+    layers: list[dict[str, int]]
+    d_model: int
+    head_dim: int
+    vocab_size: int
+    flops_per_token: int
+    budget: dict[str, Any] | None
+    mean_tokens_per_s: float | None
+    mean_mfu: float | None
+    mfu_note: str | None
+    peak_memory_mib: float | None
+    wall_time_s: float
+    hardware: dict[str, Any]
+    versions: dict[str, str]
+    config_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: Path) -> RunSummary:
+        """The summary in `path`; a damaged file is a UserError naming it, not a traceback."""
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+            raise UserError(
+                f"{path} is unreadable or not a run summary ({exc}); resume the run with "
+                "--resume to write it again, or delete the run directory"
+            ) from None
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete records of a metrics log; a torn last line (from a kill) is left out."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
