@@ -12,17 +12,21 @@ import torch
 
 from layerwise.checkpointing import (
     CHECKPOINT_DIR,
+    MANIFEST_FILE,
     TrainerState,
+    choose_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 from layerwise.distributed import DistInfo
 from layerwise.fsutil import atomic_write_json
-from layerwise.metrics import read_records, truncate_log
+from layerwise.metrics import truncate_log
 from layerwise.model import Transformer
 from layerwise.profiles import LayerSpec, ModelShape
+from layerwise.rundir import read_records
 
 SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -114,3 +118,31 @@ def test_atomic_json_leaves_no_temporary_files(tmp_path: Path) -> None:
     atomic_write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in target.parent.iterdir()] == ["summary.json"]
+
+
+def test_a_checkpoint_verifies_until_any_file_is_damaged(tmp_path: Path) -> None:
+    model, optimizer = model_and_optimizer(seed=0)
+    path = save_checkpoint(tmp_path, model, optimizer, TrainerState(step=1), SINGLE, keep=1)
+    manifest = json.loads((path / MANIFEST_FILE).read_text())["files"]
+    assert {"trainer.json", "rng_rank0.pt", ".metadata", "__0_0.distcp"} <= set(manifest)
+    assert verify_checkpoint(path) is None
+    original = (path / "__0_0.distcp").read_bytes()
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    (path / "__0_0.distcp").write_bytes(bytes(flipped))
+    assert verify_checkpoint(path) == "__0_0.distcp does not match its checksum"
+    (path / "__0_0.distcp").write_bytes(original)
+    (path / "rng_rank0.pt").unlink()
+    assert verify_checkpoint(path) == "rng_rank0.pt is missing"
+
+
+def test_protected_checkpoints_survive_pruning(tmp_path: Path) -> None:
+    model, optimizer = model_and_optimizer(seed=0)
+    for step in (10, 20, 30, 40):
+        state = TrainerState(step=step)
+        save_checkpoint(tmp_path, model, optimizer, state, SINGLE, keep=1, protect={20})
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [20, 40]
+    choice = choose_checkpoint(tmp_path, lambda step: "too late" if step > 20 else None)
+    assert choice.step == 20 and [(p.name, why) for p, why in choice.skipped] == [
+        ("step_000040", "too late")
+    ]

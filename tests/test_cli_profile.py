@@ -87,3 +87,28 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["profile", "plot", "paper-18l-isotropic", "paper-18l-crown", "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+
+
+def test_unwritable_output_is_a_message_naming_the_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tests run as root, where a read-only mode does not stop writes: refuse them directly."""
+    import errno
+    import tempfile
+
+    def refuse(*args: object, dir: str = "", **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "locked" / "alloc.png"
+    assert main(["profile", "plot", "paper-18l-crown", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out.parent}: Permission denied" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_sizes_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["profile", "show", "isotropic", "--seq-len", "0"])
+    assert info.value.code == 2
+    assert "--seq-len: 0 must be at least 1" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from layerwise.config import (
     load_config,
     parse_override,
     total_steps,
+    warmup_steps,
 )
 from layerwise.errors import UserError
 
@@ -212,3 +213,29 @@ def test_hash_ignores_operational_settings() -> None:
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash(changed)
     assert experiment_differences(base, changed) == ["optim.lr"]
+
+
+def test_a_missing_inherited_file_names_the_file_that_inherits_it(tmp_path: Path) -> None:
+    child = write(tmp_path / "child.yaml", "inherit: nowhere.yaml\n")
+    with pytest.raises(UserError, match=rf"{child}: `inherit:` names .*nowhere.yaml"):
+        load_config(child)
+
+
+def test_warmup_as_a_fraction_scales_with_the_run() -> None:
+    """The tiny presets used to refuse runs of 30 steps or fewer unless warmup was overridden."""
+    short = load_config(CONFIGS / "tiny-crown.yaml", ["train.steps=10"])
+    assert warmup_steps(short.optim, total_steps(short)) == 1
+    assert warmup_steps(load_config(CONFIGS / "tiny-crown.yaml").optim, 300) == 30
+    with pytest.raises(UserError, match="not both"):
+        load_config(CONFIGS / "tiny-crown.yaml", ["optim.warmup_steps=5"])
+
+
+def test_experiment_keys_are_decided_per_field() -> None:
+    base = load_config(CONFIGS / "tiny-crown.yaml")
+    operational = load_config(
+        CONFIGS / "tiny-crown.yaml",
+        ["batch.micro_batch=8", "parallel.activation_checkpointing=true", "run.compile=true"],
+    )
+    assert config_hash(base) == config_hash(operational)
+    precision = load_config(CONFIGS / "tiny-crown.yaml", ["run.precision=bf16"])
+    assert experiment_differences(base, precision) == ["run.precision"]

@@ -230,3 +230,15 @@ def test_parse_count() -> None:
     assert parse_count("350_000") == 350_000
     with pytest.raises(UserError):
         parse_count("lots")
+
+
+@pytest.mark.parametrize("match", ["paper-18l-isotropic", None])
+@pytest.mark.parametrize("name", ["crown", "isotropic"])
+def test_symmetric_anchors_give_symmetric_widths(name: str, match: str | None) -> None:
+    """Crown matched to isotropic once got 3072 and 2816 in its middle layers (a rounding tie)."""
+    shape, _ = resolve_shape(lookup_spec(name), match=match)
+    widths = [(layer.d_ffn, layer.n_heads) for layer in shape.layers]
+    assert widths == widths[::-1]
+    for n_layers in (7, 18):
+        values = interpolate((0.5043859649122806, 3.8333333333333326, 0.5043859649122806), n_layers)
+        assert values == values[::-1]

@@ -103,6 +103,8 @@ class OptimConfig:
     grad_clip: float | None = field(default=1.0, metadata=_bounds(above=0))
     schedule: Literal["cosine", "constant", "wsd"] = "cosine"
     warmup_steps: int = field(default=0, metadata=_bounds(0))
+    warmup_fraction: float | None = field(default=None, metadata=_bounds(0, high=0.5))
+    """Warmup as a share of the run, so a preset's warmup scales with `train.steps`."""
     min_lr_ratio: float = field(default=0.1, metadata=_bounds(0, high=1))
     decay_fraction: float = field(default=0.2, metadata=_bounds(above=0, high=1))
 
@@ -212,6 +214,11 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, dict], di
     values: dict[str, dict] = {}
     sources: dict[str, str] = {}
     for parent in _inherited(document.pop(INHERIT_KEY, None), path):
+        if not parent.is_file():
+            raise UserError(
+                f"{path}: `{INHERIT_KEY}:` names {parent}, which is not a file (inherited paths "
+                "are relative to the file that inherits them)"
+            )
         parent_values, parent_sources = _load_file(parent, (*chain, resolved))
         _merge(values, parent_values)
         sources.update(parent_sources)
@@ -481,11 +488,18 @@ def _check_consistency(config: Config, sources: Mapping[str, str], default: str)
         raise UserError(
             f"{where('optim.betas')}: optim.betas = {list(optim.betas)} must be in [0, 1)"
         )
+    if optim.warmup_fraction is not None and optim.warmup_steps:
+        raise UserError(
+            f"{where('optim.warmup_steps', 'optim.warmup_fraction')}: give optim.warmup_steps or "
+            "optim.warmup_fraction, not both (set optim.warmup_fraction=null to count warmup in "
+            "steps, or optim.warmup_steps=0 to use the fraction)"
+        )
     steps = total_steps(config)
-    if optim.warmup_steps >= steps:
+    if warmup_steps(optim, steps) >= steps:
         raise UserError(
             f"{where('optim.warmup_steps', 'train.steps', 'train.tokens')}: optim.warmup_steps="
-            f"{optim.warmup_steps} must be less than the run's {steps} steps"
+            f"{optim.warmup_steps} must be less than the run's {steps} steps (or give "
+            "optim.warmup_fraction, which scales with the run)"
         )
     batch_plan(config, world_size=1)
 
@@ -520,6 +534,13 @@ def batch_plan(config: Config, world_size: int) -> BatchPlan:
         world_size=world_size,
         seq_len=config.data.seq_len,
     )
+
+
+def warmup_steps(optim: OptimConfig, total: int) -> int:
+    """Warmup length in steps for a run of `total` steps, however the config gave it."""
+    if optim.warmup_fraction is not None:
+        return round(optim.warmup_fraction * total)
+    return optim.warmup_steps
 
 
 def total_steps(config: Config) -> int:

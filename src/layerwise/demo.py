@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from layerwise.compare import ComparisonPlan, make_plan
+from layerwise.config import load_config
 from layerwise.data import META_FILE, PrepareResult, prepare
 from layerwise.profiles import SHAPES
 
@@ -38,6 +39,15 @@ def prepare_demo_data(data_dir: Path) -> PrepareResult | None:
     )
 
 
+def demo_overrides(out: Path, overrides: tuple[str, ...]) -> tuple[str, ...]:
+    return (f"data.dir={out / 'data'}", *overrides)
+
+
+def check_overrides(out: Path, overrides: tuple[str, ...]) -> None:
+    """Refuse bad overrides before minutes go into preparing the data."""
+    load_config(demo_config(), demo_overrides(out, overrides))
+
+
 def demo_plan(out: Path, overrides: tuple[str, ...] = ()) -> ComparisonPlan:
     return make_plan(
         config=str(demo_config()),
@@ -45,5 +55,5 @@ def demo_plan(out: Path, overrides: tuple[str, ...] = ()) -> ComparisonPlan:
         seeds=(0,),
         out=out / "comparison",
         match="isotropic",
-        overrides=(f"data.dir={out / 'data'}", *overrides),
+        overrides=demo_overrides(out, overrides),
     )

@@ -9,13 +9,16 @@ has a single code path whatever the launch and never tests `is_initialized` itse
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 
 from layerwise.errors import UserError
+
+T = TypeVar("T")
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 """Device types a run may ask for; anything else torch accepts (meta, xpu...) is untested here."""
@@ -179,3 +182,25 @@ def shutdown() -> None:
     """Leave the process group, so that NCCL does not warn about a leaked group at exit."""
     if is_distributed():
         torch_dist.destroy_process_group()
+
+
+def decide_on_main(decide: Callable[[], T]) -> T:
+    """Run `decide` on rank 0 only and give every rank its result (or its UserError).
+
+    For decisions that read or change shared files (which checkpoint to resume, clearing a run
+    directory): one rank does the work once, and a refusal stops every rank with the same
+    message instead of leaving the others waiting in a collective.
+    """
+    if not is_distributed():
+        return decide()
+    outcome: list[Any] = [None]
+    if torch_dist.get_rank() == 0:
+        try:
+            outcome[0] = ("ok", decide())
+        except UserError as exc:
+            outcome[0] = ("error", str(exc))
+    torch_dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        raise UserError(value)
+    return value

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from layerwise.config import OptimConfig
+from layerwise.config import OptimConfig, warmup_steps
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -61,7 +61,7 @@ def lr_at(step: int, total_steps: int, config: OptimConfig) -> float:
     `decay_fraction` of the run and decays linearly to the minimum over it, so one long run can
     be branched into shorter ones that each end with a full decay.
     """
-    peak, warmup = config.lr, config.warmup_steps
+    peak, warmup = config.lr, warmup_steps(config, total_steps)
     floor = peak * config.min_lr_ratio
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -70,12 +70,25 @@ def lr_at(step: int, total_steps: int, config: OptimConfig) -> float:
     if config.schedule == "cosine":
         progress = (step - warmup) / max(1, total_steps - warmup - 1)
         return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
-    decay_start = max(warmup, total_steps - max(1, round(config.decay_fraction * total_steps)))
-    decay_steps = total_steps - decay_start
-    if step < decay_start:
+    start = wsd_decay_start(total_steps, config)
+    if step < start:
         return peak
-    progress = (step - decay_start + 1) / decay_steps
+    progress = (step - start + 1) / (total_steps - start)
     return peak + (floor - peak) * min(progress, 1.0)
+
+
+def wsd_decay_start(total_steps: int, config: OptimConfig) -> int:
+    """First step of WSD's decay: a checkpoint here can branch into a longer run."""
+    decay = max(1, round(config.decay_fraction * total_steps))
+    return max(warmup_steps(config, total_steps), total_steps - decay)
+
+
+def branch_steps(total_steps: int, config: OptimConfig) -> frozenset[int]:
+    """Steps whose checkpoints are kept whatever `checkpoint.keep` says, so that the run can be
+    extended later: WSD's decay start (see layerwise.resume)."""
+    if config.schedule == "wsd":
+        return frozenset({wsd_decay_start(total_steps, config)})
+    return frozenset()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

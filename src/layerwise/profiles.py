@@ -105,7 +105,19 @@ def make_divisible(value: float, divisor: int) -> int:
 
 
 def interpolate(anchors: Sequence[float], n_layers: int) -> list[float]:
-    """Per-layer multipliers from anchors, with the exact conventions of the study's code."""
+    """Per-layer multipliers from anchors, with the exact conventions of the study's code.
+
+    Symmetric anchors give exactly symmetric multipliers: the second half mirrors the first,
+    since interpolating up and down the two slopes can differ in the last bit, and a value on a
+    rounding tie would then give mirror layers different widths.
+    """
+    values = _interpolate(anchors, n_layers)
+    if list(anchors) == list(reversed(anchors)):
+        values = values[: (n_layers + 1) // 2] + values[: n_layers // 2][::-1]
+    return values
+
+
+def _interpolate(anchors: Sequence[float], n_layers: int) -> list[float]:
     if not anchors:
         raise UserError("a profile needs at least one anchor")
     if len(anchors) == 1:

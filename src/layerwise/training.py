@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,8 +35,6 @@ from torch.distributed.tensor import DTensor
 
 from layerwise.checkpointing import (
     TrainerState,
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -46,12 +45,10 @@ from layerwise.config import (
     batch_plan,
     config_hash,
     dump_config,
-    experiment_differences,
-    load_config,
     total_steps,
 )
 from layerwise.data import TokenMeta, check_vocab_fits, read_meta
-from layerwise.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from layerwise.distributed import DistInfo, all_reduce_sum, decide_on_main, init_distributed
 from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_json, atomic_write_text
 from layerwise.loader import TokenWindows, WindowSampler, open_split, validation_indices
@@ -66,7 +63,7 @@ from layerwise.metrics import (
     versions,
 )
 from layerwise.model import BlockOptions, Transformer
-from layerwise.optim import build_optimizer, lr_at, set_lr
+from layerwise.optim import branch_steps, build_optimizer, lr_at, set_lr
 from layerwise.parallelize import gradient_sync, parallelize
 from layerwise.profiles import (
     BudgetResult,
@@ -78,12 +75,19 @@ from layerwise.profiles import (
     resolve_shape,
     total_params,
 )
+from layerwise.resume import ResumePoint, prepare_run_dir
 from layerwise.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunSummary
 
 VOCAB_MULTIPLE = 64
 """`model.vocab_size: null` rounds the data's vocabulary up to this, for tensor-core-friendly shapes."""
 THROUGHPUT_WARMUP_STEPS = 10
 """Steps at the start of each process left out of mean throughput (compilation, allocator)."""
+
+
+def warmup_steps_to_skip(remaining: int) -> int:
+    """THROUGHPUT_WARMUP_STEPS, but never more than half of what this process will run, so a
+    short resumed run still measures its throughput."""
+    return min(THROUGHPUT_WARMUP_STEPS, remaining // 2)
 
 
 class NonFiniteLoss(UserError):
@@ -325,36 +329,6 @@ def evaluate(
 # Run directory, signals, display
 
 
-def resume_point(run_dir: Path, config: Config) -> Path | None:
-    """The checkpoint to continue from, after checking that `run_dir` may be used at all.
-
-    A directory holding an earlier run is only reused with `run.resume=auto`, and only when the
-    experiment is the same (operational keys, `run.*` and `checkpoint.*`, may change).
-    """
-    checkpoint = latest_checkpoint(run_dir)
-    if config.run.resume == "never":
-        if checkpoint is not None or (run_dir / METRICS_FILE).exists():
-            raise UserError(
-                f"run.dir {run_dir} already holds a run; pass --resume (run.resume=auto) to "
-                "continue it, or choose another run.dir"
-            )
-        return None
-    if checkpoint is None:
-        return None
-    saved = run_dir / CONFIG_FILE
-    if not saved.exists():
-        raise UserError(
-            f"{run_dir} has checkpoints but no {CONFIG_FILE}; it cannot be resumed safely"
-        )
-    changed = experiment_differences(load_config(saved), config)
-    if changed:
-        raise UserError(
-            f"cannot resume {run_dir}: the config differs from {saved} in {', '.join(changed)}; "
-            "resume with the same settings or choose another run.dir"
-        )
-    return checkpoint
-
-
 class StopSignals:
     """Turns the first SIGINT/SIGTERM into a request to stop after the current step.
 
@@ -522,11 +496,9 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     )
 
 
-def finished_summary(run_dir: Path, checkpoint: Path | None, steps: int) -> RunSummary | None:
+def finished_summary(run_dir: Path, point: ResumePoint, steps: int) -> RunSummary | None:
     """The summary of a run that already reached its last step, when asked to resume it again."""
-    if checkpoint is None or not (run_dir / SUMMARY_FILE).exists():
-        return None
-    if list_checkpoints(run_dir)[-1][0] < steps:
+    if point.checkpoint is None or point.step < steps or not (run_dir / SUMMARY_FILE).exists():
         return None
     return RunSummary.load(run_dir / SUMMARY_FILE)
 
@@ -551,15 +523,20 @@ def train(config: Config) -> RunSummary:
     dist = init_distributed(config.run.device)
     config = with_data_vocab(config)
     run_dir = Path(config.run.dir)
-    checkpoint = resume_point(run_dir, config)
-    barrier()  # every rank has looked at run_dir before rank 0 starts writing into it
-    finished = finished_summary(run_dir, checkpoint, total_steps(config))
+    point = decide_on_main(lambda: prepare_run_dir(run_dir, config))
+    if dist.is_main:
+        for note in point.notes:
+            print(f"layerwise: {note}", file=sys.stderr)
+    finished = finished_summary(run_dir, point, total_steps(config))
     if finished is not None:
         return finished
-    run = setup_run(config, dist, checkpoint)
+    run = setup_run(config, dist, point.checkpoint)
     config, state = run.config, run.state
     writer = open_metrics(run)
-    throughput = Throughput(THROUGHPUT_WARMUP_STEPS, state.timed_tokens, state.timed_seconds)
+    throughput = Throughput(
+        warmup_steps_to_skip(run.steps - state.step), state.timed_tokens, state.timed_seconds
+    )
+    keep_always = branch_steps(run.steps, config.optim)
     clock = time.perf_counter()
     wall_before = state.wall_time_s
 
@@ -615,11 +592,18 @@ def train(config: Config) -> RunSummary:
                 display.train(record, run.steps, last or state.step % config.run.log_interval == 0)
                 if last or state.step % config.train.val_interval == 0:
                     validate()
-                if last or result.stop or state.step % config.checkpoint.interval == 0:
+                branch = state.step in keep_always
+                if last or result.stop or branch or state.step % config.checkpoint.interval == 0:
                     state.sampler = run.sampler.state_dict()
                     state.wall_time_s = wall_before + time.perf_counter() - clock
                     saved = save_checkpoint(
-                        run.run_dir, run.model, run.optimizer, state, dist, config.checkpoint.keep
+                        run.run_dir,
+                        run.model,
+                        run.optimizer,
+                        state,
+                        dist,
+                        config.checkpoint.keep,
+                        protect=keep_always,
                     )
                 if result.stop:
                     raise RunInterrupted(signals.signum or signal.SIGTERM, state.step, saved)

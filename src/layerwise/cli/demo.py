@@ -29,11 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from layerwise.cli.data import summary_line
-    from layerwise.demo import DEMO_TOKENIZER, demo_plan, prepare_demo_data
+    from layerwise.demo import DEMO_TOKENIZER, check_overrides, demo_plan, prepare_demo_data
 
+    out = Path(args.out)
+    check_overrides(out, tuple(args.overrides))
     console = Console()
     console.print(f"[bold]layerwise demo[/bold]: five profiles, tiny models, CPU; in {args.out}/")
-    out = Path(args.out)
     console.print(f"data: the Python standard library's docstrings, tokenizer {DEMO_TOKENIZER}")
     prepared = prepare_demo_data(out / "data")
     console.print(summary_line(prepared) if prepared else f"data: reusing {out / 'data'}")

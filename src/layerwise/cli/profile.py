@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from layerwise.cli import positive_int
 from layerwise.errors import UserError
 from layerwise.profiles import (
     PRESETS,
@@ -49,10 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("recipe (overrides the named profile's base)")
-    group.add_argument("--layers", type=int, dest="n_layers")
-    group.add_argument("--d-model", type=int)
-    group.add_argument("--head-dim", type=int)
-    group.add_argument("--gqa-group", type=int, help="query heads per KV head")
+    group.add_argument("--layers", type=positive_int, dest="n_layers")
+    group.add_argument("--d-model", type=positive_int)
+    group.add_argument("--head-dim", type=positive_int)
+    group.add_argument("--gqa-group", type=positive_int, help="query heads per KV head")
     group.add_argument("--ffn", help="FFN multiplier anchors, e.g. 0.5,4.0 or 0.5,3.8,0.5")
     group.add_argument("--qkv", help="attention multiplier anchors, e.g. 0.5,1.0")
     group.add_argument(
@@ -61,8 +62,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="first and last layer set to the reference layer",
     )
-    group.add_argument("--ffn-divisor", type=int, help="round FFN widths to multiples of this")
-    group.add_argument("--vocab", type=int, dest="vocab_size")
+    group.add_argument("--ffn-divisor", type=positive_int, help="round FFN widths to multiples of this")
+    group.add_argument("--vocab", type=positive_int, dest="vocab_size")
     group.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
     budget = parser.add_argument_group("budget (rescale the multipliers)")
     exclusive = budget.add_mutually_exclusive_group()
@@ -70,7 +71,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument("--match", help="preset or shape whose size to match")
     budget.add_argument("--match-by", choices=("params", "flops"), default="params")
     budget.add_argument(
-        "--seq-len", type=int, default=1024, help="for FLOPs per token (default 1024)"
+        "--seq-len", type=positive_int, default=1024, help="for FLOPs per token (default 1024)"
     )
 
 

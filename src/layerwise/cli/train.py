@@ -1,4 +1,4 @@
-"""`layerwise train CONFIG [key=value ...] [--resume]`: one run, a thin layer over `train()`.
+"""`layerwise train CONFIG [key=value ...] [--resume | --overwrite]`: one run, a thin layer over `train()`.
 
 The training stack (torch and all) is imported when the command runs, not when the parser is
 built, so the other commands start fast and stay usable whatever state the trainer is in.
@@ -25,14 +25,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "model.profile=crown. Launch with torchrun for several GPUs."
         ),
     )
-    parser.add_argument("config", help="YAML config file, e.g. configs/tiny-crown.yaml")
+    parser.add_argument(
+        "config", nargs="?", help="YAML config file, e.g. configs/tiny-crown.yaml (required)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=3e-4")
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the run directory's latest checkpoint (same as run.resume=auto)",
+        help="continue from the run directory's newest valid checkpoint (run.resume=auto); "
+        "with a larger train.steps, extend a finished run where the schedule allows it",
     )
-    parser.set_defaults(func=run_train)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: delete an earlier run's files in run.dir first (run.overwrite=true)",
+    )
+    parser.set_defaults(func=run_train, parser=parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -40,7 +48,16 @@ def run_train(args: argparse.Namespace) -> int:
     from layerwise.distributed import shutdown
     from layerwise.training import RunInterrupted, train
 
-    overrides = [*args.overrides, *(["run.resume=auto"] if args.resume else [])]
+    if args.config is None or "=" in args.config:
+        args.parser.error(
+            "give a config file first, e.g. `layerwise train configs/tiny-crown.yaml "
+            "optim.lr=1e-3`; KEY=VALUE overrides are optional"
+        )
+    overrides = [
+        *args.overrides,
+        *(["run.resume=auto"] if args.resume else []),
+        *(["run.overwrite=true"] if args.overwrite else []),
+    ]
     config = load_config(args.config, overrides)
     try:
         summary = train(config)
