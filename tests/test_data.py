@@ -20,17 +20,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from conftest import SHARED
 from layerwise.cli import data as cli_data
 from layerwise.data import (
-    PYTHON_DOCS,
     check_vocab_fits,
     prepare,
     python_docs_documents,
     read_meta,
-    resolve_inputs,
-    stdlib_python_files,
-    stdlib_root,
     token_dtype,
 )
 from layerwise.errors import UserError
+from layerwise.inputs import PYTHON_DOCS, resolve_inputs, stdlib_python_files, stdlib_root
 from layerwise.tokenizer import load_tokenizer
 
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
@@ -266,10 +263,14 @@ def test_parquet_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    """An empty directory or an earlier output is replaced whole, and only with --overwrite."""
     source = tmp_path / "doc.txt"
     source.write_text("some text")
     out = tmp_path / "out"
     out.mkdir()
+    with pytest.raises(UserError, match=r"already exists.*--overwrite"):
+        prepare([source], str(GPT2_DIR), out, val_tokens=0)
+    prepare([source], str(GPT2_DIR), out, val_tokens=0, overwrite=True)
     (out / "stale.bin").write_bytes(b"old")
     with pytest.raises(UserError, match=r"already exists.*--overwrite"):
         prepare([source], str(GPT2_DIR), out, val_tokens=0)
@@ -354,6 +355,74 @@ def test_vocab_check_refuses_ids_the_model_cannot_embed(tmp_path: Path) -> None:
     check_vocab_fits(meta, 50304)
     with pytest.raises(UserError, match=r"50280 ids.*vocabulary has only 50257"):
         check_vocab_fits(meta, 50257)
+
+
+def test_repeated_inputs_are_read_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], enwiki_docs: list[str]
+) -> None:
+    """A file named twice, matched again by a directory or glob, or copied, is read only once,
+    so no document is duplicated, let alone in both splits."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    source = write_jsonl(corpus / "a.jsonl", [{"text": t} for t in enwiki_docs[:12]])
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(source.read_bytes())
+    prepare([source], str(GPT2_DIR), tmp_path / "once", val_tokens=2000, workers=1)
+    capsys.readouterr()
+    inputs = [source, str(source), corpus, str(corpus / "*.jsonl"), copy]
+    prepare(inputs, str(GPT2_DIR), tmp_path / "repeated", val_tokens=2000, workers=1)
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("layerwise: warning: ignoring 4 repeated input(s)")
+    assert f"{copy} (same content as {source})" in warning
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "repeated" / name).read_bytes() == (
+            tmp_path / "once" / name
+        ).read_bytes()
+    assert [i.path for i in read_meta(tmp_path / "repeated").inputs] == [str(source)]
+
+
+def test_bpe_vocab_the_inputs_cannot_fill_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "doc.txt"
+    source.write_text("a tiny corpus has few pairs to merge; a tiny corpus")
+    meta = prepare([source], "bpe:5000", tmp_path / "out", val_tokens=0, workers=1).meta
+    assert meta.vocab_size < 5000
+    assert (
+        f"warning: bpe:5000 asked for 5,000 ids but the inputs only support {meta.vocab_size:,}"
+        in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--workers", "0"], "error: --workers must be >= 1, got 0"),
+        (["--workers", "-2"], "error: --workers must be >= 1, got -2"),
+        (["--workers", "two"], "argument --workers: invalid int value: 'two'"),
+        (["--val-tokens", "lots"], "argument --val-tokens: expected a token count such as 50M"),
+        (["--val-tokens", "-5"], "(0 for no validation split), got '-5'"),
+        (["--val-tokens", "0.4"], "(0 for no validation split), got '0.4'"),
+        (["--val-fraction", "half"], "argument --val-fraction: invalid float value: 'half'"),
+        (["--val-fraction", "1"], "error: --val-fraction must be in [0, 1), got 1.0"),
+        (["--tokenizer", "bpe:-5"], "N is the vocabulary size, a positive integer of at least"),
+    ],
+)
+def test_bad_options_are_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    from layerwise.cli import main
+
+    source = tmp_path / "doc.txt"
+    source.write_text("text")
+    argv = ["data", "prepare", "--input", str(source), "--tokenizer", str(GPT2_DIR)]
+    try:
+        status = main([*argv, "--out", str(tmp_path / "out"), *option])
+    except SystemExit as exit_info:
+        status = exit_info.code
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["doc.txt"]
 
 
 def test_val_tokens_flag_reads_budgets_like_50m() -> None:

@@ -56,10 +56,11 @@ def test_trained_bpe_is_reproducible_and_has_eos() -> None:
     assert first.tokenizer.decode(ids) == TEXTS[1]
 
 
-@pytest.mark.parametrize("spec", ["bpe:100", "bpe:lots", "bpe:"])
+@pytest.mark.parametrize("spec", ["bpe:100", "bpe:lots", "bpe:", "bpe:-5", "bpe:0", "bpe:3.5"])
 def test_bad_bpe_specs_are_refused(spec: str) -> None:
-    with pytest.raises(UserError, match="bpe"):
+    with pytest.raises(UserError, match=r"a positive integer of at least 257 .*e\.g\. bpe:32000"):
         bpe_vocab_size(spec)
+    assert bpe_vocab_size("bpe:257") == 257
 
 
 def test_file_specs_are_not_bpe() -> None:

@@ -4,25 +4,24 @@ The pipeline reads documents in input order, has worker processes tokenize batch
 writes the results back in input order, so the bytes on disk depend only on the inputs, the
 tokenizer and the seed (never on the number of workers or on timing). Everything is written
 into a temporary directory next to the output and renamed at the very end: a directory named
-like the output is always complete.
+like the output is always complete. Which files are read is decided in `layerwise.inputs`.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import gzip
-import hashlib
 import json
 import math
 import multiprocessing
 import os
-import platform
 import re
 import secrets
 import shutil
 import signal
 import sys
-import sysconfig
+import threading
 import time
 import warnings
 import zlib
@@ -30,9 +29,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
-from glob import glob
 from itertools import chain, pairwise
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -41,44 +39,29 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from layerwise.errors import UserError
+from layerwise.inputs import (
+    PYTHON_DOCS,
+    InputInfo,
+    Source,
+    read_file_bytes,
+    resolve_inputs,
+    stdlib_python_files,
+    unique_sources,
+)
 from layerwise.tokenizer import LoadedTokenizer, bpe_vocab_size, load_tokenizer, train_bpe
 
 META_FORMAT = "layerwise-tokens/1"
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
-PYTHON_DOCS = "python-docs"
 DEFAULT_VAL_FRACTION = 0.005
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
-TXT_SUFFIXES = (".txt",)
-PARQUET_SUFFIXES = (".parquet",)
-SUPPORTED_SUFFIXES = JSONL_SUFFIXES + TXT_SUFFIXES + PARQUET_SUFFIXES
 
 _BATCH_CHARS = 1 << 18  # ~256 KB of text per task: IPC is amortised, Ctrl-C stops quickly
 _IN_FLIGHT_PER_WORKER = 16  # slack: a descheduled worker holds up output, not the others
 _SPLIT_CHUNK_TOKENS = 1 << 24  # tokens per step when separating validation documents
-_HASH_CHUNK = 1 << 20
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
 
-# --- inputs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input: a file of a known kind, or the built-in python-docs corpus (path = stdlib)."""
-
-    kind: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    """What meta.json records about an input, so a token directory can be traced to its data."""
-
-    path: str
-    bytes: int
-    sha256: str
+# --- readers ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -89,107 +72,6 @@ class ReadStats:
     invalid_utf8_documents: int = 0
     skipped_bad_records: int = 0
     empty_documents: int = 0
-
-
-def resolve_inputs(specs: Sequence[str | Path]) -> list[Source]:
-    """Expand paths, directories (recursively) and globs into sources, in a stable order.
-
-    Sorting matters: the output must not depend on the order a file system lists a directory.
-    Files named explicitly must be of a supported kind; inside directories and globs, other
-    files (READMEs, checksums) are passed over.
-    """
-    sources: list[Source] = []
-    for spec in specs:
-        text = str(spec)
-        if text == PYTHON_DOCS:
-            sources.append(Source(PYTHON_DOCS, stdlib_root()))
-            continue
-        path = Path(text).expanduser()
-        if path.is_dir():
-            sources.extend(_sources_under(path, text))
-        elif path.exists():
-            sources.append(_explicit_source(path))
-        elif any(char in text for char in "*?["):
-            sources.extend(_sources_from_glob(text))
-        else:
-            raise UserError(f"input {text!r}: no such file or directory")
-    return sources
-
-
-def source_kind(path: Path) -> str | None:
-    """The reader for a file, by its name; None if we cannot read it."""
-    name = path.name.lower()
-    for kind, suffixes in (
-        ("jsonl", JSONL_SUFFIXES),
-        ("txt", TXT_SUFFIXES),
-        ("parquet", PARQUET_SUFFIXES),
-    ):
-        if name.endswith(suffixes):
-            return kind
-    return None
-
-
-def _explicit_source(path: Path) -> Source:
-    kind = source_kind(path)
-    if kind is None:
-        supported = ", ".join(SUPPORTED_SUFFIXES)
-        raise UserError(f"input {path}: unsupported file type (supported: {supported})")
-    return Source(kind, path)
-
-
-def _sources_under(directory: Path, spec: str) -> list[Source]:
-    found = [
-        Source(kind, path)
-        for path in sorted(directory.rglob("*"))
-        if path.is_file() and (kind := source_kind(path)) is not None
-    ]
-    if not found:
-        raise UserError(f"input {spec!r}: no {', '.join(SUPPORTED_SUFFIXES)} files in it")
-    return found
-
-
-def _sources_from_glob(pattern: str) -> list[Source]:
-    matches = sorted(glob(os.path.expanduser(pattern), recursive=True))
-    found: list[Source] = []
-    for match in map(Path, matches):
-        if match.is_dir():
-            found.extend(_sources_under(match, str(match)))
-        elif (kind := source_kind(match)) is not None:
-            found.append(Source(kind, match))
-    if not found:
-        raise UserError(f"input {pattern!r}: no readable files match")
-    return found
-
-
-def describe_source(source: Source) -> InputInfo:
-    """Size and hash of an input, read in full now so that an unreadable file fails early."""
-    if source.kind == PYTHON_DOCS:
-        return _describe_python_docs(source.path)
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with source.path.open("rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-    except OSError as exc:
-        raise UserError(f"cannot read {source.path}: {exc.strerror or exc}") from exc
-    return InputInfo(str(source.path), size, digest.hexdigest())
-
-
-def _describe_python_docs(root: Path) -> InputInfo:
-    """The stdlib's identity: Python version, location, and a hash over every file read."""
-    digest = hashlib.sha256()
-    size = 0
-    for file in stdlib_python_files(root):
-        data = _read_file_bytes(file)
-        size += len(data)
-        digest.update(str(file.relative_to(root)).encode() + b"\0" + data + b"\0")
-    name = f"{PYTHON_DOCS} (Python {platform.python_version()}, {root})"
-    return InputInfo(name, size, digest.hexdigest())
-
-
-# --- readers ------------------------------------------------------------------------------
 
 
 def read_documents(
@@ -237,7 +119,7 @@ def _read_jsonl(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -
 
 def _read_txt(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
     """A whole file is one document."""
-    data = _read_file_bytes(path)
+    data = read_file_bytes(path)
     stats.bytes_read += len(data)
     yield _decode(data, stats)
 
@@ -332,28 +214,7 @@ def _missing_field(record: object, text_field: str) -> str:
     return f"field {text_field!r} is {type(record[text_field]).__name__}, not a string"
 
 
-def _read_file_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
 # --- python-docs --------------------------------------------------------------------------
-
-
-def stdlib_root() -> Path:
-    """The running interpreter's standard library directory (the same in and out of a venv)."""
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def stdlib_python_files(root: Path) -> list[Path]:
-    """The standard library's .py files in a fixed order, without third-party packages."""
-    return sorted(
-        path
-        for path in root.rglob("*.py")
-        if not _EXCLUDED_STDLIB_DIRS.intersection(path.relative_to(root).parts) and path.is_file()
-    )
 
 
 def python_docs_documents(files: Iterable[Path]) -> Iterator[str]:
@@ -366,7 +227,7 @@ def python_docs_documents(files: Iterable[Path]) -> Iterator[str]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                tree = ast.parse(_read_file_bytes(file), filename=str(file))
+                tree = ast.parse(read_file_bytes(file), filename=str(file))
         except (SyntaxError, ValueError):
             continue
         docstrings = list(_docstrings(tree))
@@ -429,13 +290,16 @@ _WORKER: _WorkerState | None = None
 
 def _init_worker(tokenizer_file: str, eos_id: int, dtype: str) -> None:
     """Each worker tokenizes on one thread (the pool is the parallelism) and leaves Ctrl-C
-    to the parent, which stops the pool and cleans up.
+    to the parent, which stops the pool and cleans up. SIGTERM ends a worker at once: it holds
+    nothing to clean up, the parent terminates its workers that way, and a worker that ignored
+    it would outlive a parent that was killed.
 
     The tokenizer comes as a file path, not its JSON: a spawned child that fails before reading
     all of its start-up arguments would otherwise block the parent on a full pipe forever.
     """
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = _WorkerState(Tokenizer.from_file(tokenizer_file), eos_id, np.dtype(dtype))
 
@@ -480,7 +344,7 @@ def _encode_in_order(
     pending: deque[tuple[Future[EncodedBatch], int]] = deque()
     try:
         for texts, bytes_read in batches:
-            pending.append((pool.submit(_worker_encode, texts), bytes_read))
+            pending.append((_submit(pool, texts, workers), bytes_read))
             if len(pending) >= _IN_FLIGHT_PER_WORKER * workers:
                 future, done = pending.popleft()
                 yield future.result(), done
@@ -492,8 +356,35 @@ def _encode_in_order(
             f"a tokenizer worker process stopped unexpectedly ({exc}); its own error, if any, "
             "is printed above"
         ) from exc
+    except BaseException:
+        _terminate_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: ProcessPoolExecutor, texts: list[str], workers: int) -> Future[EncodedBatch]:
+    """Queue a batch; the pool starts its workers here, and a failed start is the user's to fix."""
+    try:
+        return pool.submit(_worker_encode, texts)
+    except OSError as exc:
+        raise UserError(
+            f"cannot start {workers} tokenizer worker processes ({exc.strerror or exc}): "
+            "pass fewer --workers"
+        ) from exc
+
+
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """End the workers now: after an error or a signal nothing they compute is wanted, and
+    shutting down would otherwise wait for every batch already handed to them (one can be a
+    huge document), long after a batch scheduler's grace period.
+    """
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((pool._processes or {}).values()):
+        process.terminate()
 
 
 # --- progress -----------------------------------------------------------------------------
@@ -705,38 +596,88 @@ def prepare(
 
     Validation takes whole documents, in an order drawn from `seed`, until it holds at least
     `val_tokens` (or `val_fraction` of all tokens; default DEFAULT_VAL_FRACTION).
-    `show_progress=None` shows the bar only when stderr is a terminal.
+    `show_progress=None` shows the bar only when stderr is a terminal. Nothing is replaced but
+    an earlier output (see `_check_out_dir`); repeated inputs are read once. SIGTERM raises
+    Terminated once the workers are stopped and the partial output is removed.
     """
     started = time.perf_counter()
-    out_dir = Path(out).expanduser()
+    out_dir = Path(os.path.normpath(Path(out).expanduser()))
     workers = default_workers() if workers is None else workers
     _check_options(val_tokens, val_fraction, seed, workers)
     _check_not_in_worker(workers)
-    _check_out_dir(out_dir, overwrite)
     sources = resolve_inputs(inputs)
     if not sources:
         raise UserError("no inputs given")
+    _check_out_dir(out_dir, overwrite, sources)
     named_or_size = _named_or_bpe_size(tokenizer)
-    input_infos = tuple(describe_source(source) for source in sources)
     options = _PrepareOptions(val_tokens, val_fraction, text_field, seed, skip_bad, workers)
     enabled = sys.stderr.isatty() if show_progress is None else show_progress
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = _sibling_dir(out_dir, "tmp")
-    try:
-        with _progress(enabled, sum(info.bytes for info in input_infos)) as progress:
-            loaded = (
-                named_or_size
-                if isinstance(named_or_size, LoadedTokenizer)
-                else _train_on_inputs(named_or_size, sources, options, progress)
-            )
-            meta = _prepare_into(work_dir, sources, loaded, options, progress)
-        meta = replace(meta, inputs=input_infos, data_dir=out_dir)
-        (work_dir / META_FILE).write_text(meta_to_json(meta), encoding="utf-8")
-        _replace_dir(work_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
+    with _sigterm_raises(), _output_errors(out_dir):
+        sources, input_infos, repeats = unique_sources(sources)
+        if repeats:
+            _warn(f"ignoring {len(repeats)} repeated input(s), read once: {_listed(repeats)}")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        work_dir = _sibling_dir(out_dir, "tmp")
+        try:
+            with _progress(enabled, sum(info.bytes for info in input_infos)) as progress:
+                loaded = (
+                    named_or_size
+                    if isinstance(named_or_size, LoadedTokenizer)
+                    else _train_on_inputs(named_or_size, sources, options, progress)
+                )
+                meta = _prepare_into(work_dir, sources, loaded, options, progress)
+            meta = replace(meta, inputs=input_infos, data_dir=out_dir)
+            (work_dir / META_FILE).write_text(meta_to_json(meta), encoding="utf-8")
+            _replace_dir(work_dir, out_dir)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
     return PrepareResult(meta, time.perf_counter() - started)
+
+
+class Terminated(SystemExit):
+    """SIGTERM (a batch scheduler's time limit, `kill`) stopped prepare() after its cleanup.
+
+    A SystemExit with status 128 + the signal number, so that when nobody catches it the
+    process ends as the signal's default action would have ended it, without a traceback, but
+    only after the workers are stopped and the temporary directory is removed.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"{name} received: stopped, and removed the unfinished output"
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While prepare() runs, SIGTERM raises Terminated so the cleanup Ctrl-C gets runs for it too.
+
+    Only the default action is replaced (it would kill this process at once, leaving workers and
+    the temporary directory behind): a handler the caller installed, or SIG_IGN, is respected.
+    Handlers can only be installed from the main thread. Only the first signal raises, so that
+    a second one cannot abort the cleanup the first one started.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    raised = False
+
+    def handle(signum: int, frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _PrepareOptions(NamedTuple):
@@ -778,13 +719,64 @@ def _check_not_in_worker(workers: int) -> None:
         )
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} exists and is not a directory")
-    if out_dir.exists() and not overwrite:
+def _check_out_dir(out_dir: Path, overwrite: bool, sources: Sequence[Source]) -> None:
+    """Refuse an output whose replacement would delete anything but an earlier output.
+
+    Replacing OUT deletes it whole, so it must never hold an input or the current directory,
+    and --overwrite applies only to what `data prepare` wrote (it has a meta.json) or to an
+    empty directory, not to a folder of other files that happens to share the name.
+    """
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a directory: choose another --out")
+    resolved = out_dir.resolve()
+    if Path.cwd().resolve().is_relative_to(resolved):
+        raise UserError(
+            f"output {out_dir} is (or contains) the current directory, which replacing it "
+            f"would delete: give --out a directory of its own, e.g. {out_dir / 'tokens'}"
+        )
+    for source in sources:
+        if source.path.resolve().is_relative_to(resolved):
+            raise UserError(
+                f"input {source.path} lies inside the output directory {out_dir}, which "
+                "replacing it would delete: give --out a directory outside the inputs"
+            )
+    if not overwrite:
         raise UserError(
             f"output directory {out_dir} already exists (pass --overwrite to replace it)"
         )
+    if not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
+        raise UserError(
+            f"output directory {out_dir} is not empty and holds no prepared data (no "
+            f"{META_FILE}): --overwrite only replaces an earlier `data prepare` output; "
+            "choose another --out, or empty or remove that directory yourself"
+        )
+
+
+@contextmanager
+def _output_errors(out_dir: Path) -> Iterator[None]:
+    """A failed write (full disk, no permission) as a UserError that says what to do about OUT.
+
+    Every OSError that gets this far comes from writing the output: failures to read an input
+    or to start the workers are UserErrors by then. The message names OUT, not the temporary
+    file that failed, whose name means nothing to the user and which is gone by then.
+    """
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = out_dir.parent
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            advice = f"free space on the disk holding {where}, or choose --out on another disk"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            advice = f"choose --out in a directory you can write to, or fix the rights on {where}"
+        else:
+            advice = f"check the disk holding {where}, or choose another --out"
+        raise UserError(
+            f"cannot write the output {out_dir} ({reason}): {advice}; the partial output was "
+            "removed"
+        ) from exc
 
 
 def _prepare_into(
@@ -802,8 +794,9 @@ def _prepare_into(
     documents = _batches(
         read_documents(sources, options.text_field, options.skip_bad, stats), stats
     )
-    batches = _encode_in_order(loaded, tokenizer_file, dtype, documents, options.workers)
-    doc_lengths, text_bytes = _write_tokens(work_dir / "train.bin", batches, progress)
+    encoded = _encode_in_order(loaded, tokenizer_file, dtype, documents, options.workers)
+    with closing(encoded) as batches:  # a failed write stops the workers now, not at GC
+        doc_lengths, text_bytes = _write_tokens(work_dir / "train.bin", batches, progress)
     if doc_lengths.size == 0:
         raise UserError(f"no documents found in the inputs ({_describe_sources(sources)})")
     target = _val_target(int(doc_lengths.sum()), options.val_tokens, options.val_fraction)
@@ -867,13 +860,29 @@ def _train_on_inputs(
             yield text
 
     texts = read_documents(sources, options.text_field, options.skip_bad, stats)
-    return train_bpe(vocab_size, reported(texts))
+    loaded = train_bpe(vocab_size, reported(texts))
+    if loaded.vocab_size < vocab_size:
+        _warn(
+            f"bpe:{vocab_size} asked for {vocab_size:,} ids but the inputs only support "
+            f"{loaded.vocab_size:,} (no pairs left to merge): the tokenizer has "
+            f"{loaded.vocab_size:,} ids, as meta.json records; add text for more"
+        )
+    return loaded
 
 
 def _describe_sources(sources: list[Source]) -> str:
-    names = [str(source.path) for source in sources[:3]]
-    more = f" and {len(sources) - 3} more" if len(sources) > 3 else ""
-    return ", ".join(names) + more
+    return _listed([str(source.path) for source in sources], 3)
+
+
+def _listed(items: Sequence[str], limit: int = 5) -> str:
+    """The first few items, then how many more: a message stays one readable line."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _warn(message: str) -> None:
+    """Something the user should know although the run goes on: stderr, like the summary."""
+    print(f"layerwise: warning: {message}", file=sys.stderr)
 
 
 def _val_target(total_tokens: int, val_tokens: int | None, val_fraction: float | None) -> int:
@@ -938,14 +947,24 @@ def _split_out_validation(
 
 
 def _replace_dir(work_dir: Path, out_dir: Path) -> None:
-    """Put the finished directory in place; an old one is moved aside first, then deleted."""
+    """Put the finished directory in place; an old one is moved aside first, then deleted.
+
+    Should the second rename fail (or a signal land between the two), the old one goes back.
+    """
     if not out_dir.exists():
         work_dir.rename(out_dir)
         return
     trash = _sibling_dir(out_dir, "old")
-    out_dir.rename(trash / out_dir.name)
-    work_dir.rename(out_dir)
-    shutil.rmtree(trash, ignore_errors=True)
+    old = trash / out_dir.name
+    try:
+        out_dir.rename(old)
+        try:
+            work_dir.rename(out_dir)
+        except BaseException:
+            old.rename(out_dir)
+            raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _sibling_dir(out_dir: Path, role: str) -> Path:

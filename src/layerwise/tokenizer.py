@@ -48,18 +48,17 @@ class LoadedTokenizer:
 
 def bpe_vocab_size(spec: str) -> int | None:
     """N for a `bpe:N` spec, None for a spec naming files (those need no training corpus)."""
-    match = _BPE_SPEC.fullmatch(spec.strip())
-    if match is None:
-        if spec.strip().startswith("bpe:"):
-            raise UserError(f"bad tokenizer spec {spec!r}: expected bpe:N with N an integer")
+    text = spec.strip()
+    if not text.startswith("bpe:"):
         return None
-    size = int(match.group(1))
-    if size < _MIN_BPE_VOCAB:
+    match = _BPE_SPEC.fullmatch(text)
+    if match is None or int(match.group(1)) < _MIN_BPE_VOCAB:
         raise UserError(
-            f"bad tokenizer spec {spec!r}: a byte-level BPE needs at least {_MIN_BPE_VOCAB} ids "
-            "(256 bytes plus the end-of-document token)"
+            f"bad tokenizer spec {spec!r}: in bpe:N, N is the vocabulary size, a positive integer "
+            f"of at least {_MIN_BPE_VOCAB} (the 256 byte symbols plus the end-of-document token), "
+            "e.g. bpe:32000"
         )
-    return size
+    return int(match.group(1))
 
 
 def load_tokenizer(spec: str | Path) -> LoadedTokenizer:
@@ -79,7 +78,9 @@ def train_bpe(vocab_size: int, texts: Iterable[str]) -> LoadedTokenizer:
     """Train a byte-level BPE on `texts`, with `<|endoftext|>` as its end-of-document token.
 
     Byte-level so that no text is ever out of vocabulary; the identity is the spec itself and
-    the hash is that of the trained JSON, since that is what makes two runs comparable.
+    the hash is that of the trained JSON, since that is what makes two runs comparable. When
+    the texts run out of pairs to merge, the vocabulary comes out smaller than `vocab_size`:
+    the result's `vocab_size` is the real one.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -5,19 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from layerwise.data import DEFAULT_VAL_FRACTION, PYTHON_DOCS, PrepareResult, prepare
+from layerwise.data import DEFAULT_VAL_FRACTION, PrepareResult, Terminated, prepare
 from layerwise.errors import UserError
+from layerwise.inputs import PYTHON_DOCS
 from layerwise.profiles import parse_count
 
 
 def token_count(text: str) -> int:
-    """`--val-tokens` as users write budgets (50M, 1.5B); 0 means no validation split."""
+    """`--val-tokens` as users write budgets (50M, 1.5B); 0 means no validation split.
+
+    Anything else that comes out below one token (`-5`, `0.4`) is refused rather than rounded
+    to 0, which would silently drop the validation split.
+    """
     if text.strip() == "0":
         return 0
     try:
-        return parse_count(text)
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        count = parse_count(text)
+    except UserError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a token count such as 50M, 1.5B or 20000 (0 for no validation split), "
+            f"got {text!r}"
+        )
+    return count
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +77,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     prep.add_argument("--text-field", default="text", help="JSON/parquet field holding the text")
     prep.add_argument("--seed", type=int, default=0, help="picks the validation documents")
-    prep.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    prep.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it holds an earlier output (meta.json) or is empty",
+    )
     prep.add_argument(
         "--skip-bad",
         action="store_true",
@@ -79,18 +94,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    result = prepare(
-        args.inputs,
-        args.tokenizer,
-        args.out,
-        val_tokens=args.val_tokens,
-        val_fraction=args.val_fraction,
-        text_field=args.text_field,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        skip_bad=args.skip_bad,
-        workers=args.workers,
-    )
+    """Prepare, then print the summary; SIGTERM gives one line and 143, as Ctrl-C gives 130."""
+    try:
+        result = prepare(
+            args.inputs,
+            args.tokenizer,
+            args.out,
+            val_tokens=args.val_tokens,
+            val_fraction=args.val_fraction,
+            text_field=args.text_field,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            skip_bad=args.skip_bad,
+            workers=args.workers,
+        )
+    except Terminated as exc:
+        print(f"layerwise: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     print(summary_line(result), file=sys.stderr)
     return 0
 
