@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise.model import BlockOptions, Transformer
+from layerwise.model import BlockOptions, Transformer, causal_attention
 from layerwise.profiles import PRESETS, ProfileSpec, build_shape, total_params
 
 TINY = ProfileSpec(
@@ -97,3 +98,67 @@ def test_bf16_autocast_runs_on_cpu() -> None:
     assert (
         model.lm_head.weight.grad is not None and model.lm_head.weight.grad.dtype == torch.float32
     )
+
+
+def test_per_token_losses_keep_the_batch_layout() -> None:
+    """reduction="none" gives [batch * seq] losses, token t of sequence b at b * seq + t."""
+    torch.manual_seed(0)
+    model = Transformer(build_shape(TINY))
+    tokens = torch.randint(0, 97, (3, 17))
+    with torch.no_grad():
+        per_token = model(tokens[:, :-1], tokens[:, 1:], reduction="none")
+        summed = model(tokens[:, :-1], tokens[:, 1:], reduction="sum")
+        mean = model(tokens[:, :-1], tokens[:, 1:])
+        logits = model(tokens[:, :-1])
+        second_alone = model(tokens[1:2, :-1], tokens[1:2, 1:], reduction="none")
+    reference = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+    assert per_token.shape == (3 * 16,) and per_token.dtype == torch.float32
+    torch.testing.assert_close(per_token.view(3, 16), reference)
+    torch.testing.assert_close(per_token.view(3, 16)[1], second_alone)
+    torch.testing.assert_close(summed, per_token.sum())
+    torch.testing.assert_close(mean, per_token.mean())
+
+
+def test_observer_sees_every_block_and_reproduces_the_logits() -> None:
+    torch.manual_seed(0)
+    model = Transformer(build_shape(TINY)).eval()
+    tokens = torch.randint(0, 97, (2, 11))
+    seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def observer(index: int, block_input: torch.Tensor, block_output: torch.Tensor) -> None:
+        seen.append((index, block_input.detach().clone(), block_output.detach().clone()))
+
+    with torch.no_grad():
+        logits = model(tokens, observer=observer)
+        embedded = model.embedding(tokens)
+    assert [index for index, _, _ in seen] == list(range(len(model.blocks)))
+    for _, block_input, block_output in seen:
+        assert block_input.shape == block_output.shape == (2, 11, model.shape.d_model)
+    torch.testing.assert_close(seen[0][1], embedded)
+    for (_, _, output), (_, next_input, _) in itertools.pairwise(seen):
+        torch.testing.assert_close(next_input, output)
+    with torch.no_grad():
+        from_last = model.lm_head(model.final_norm(seen[-1][2]))
+    torch.testing.assert_close(from_last, logits)
+
+
+def test_hidden_states_without_observer_is_unchanged() -> None:
+    torch.manual_seed(0)
+    model = Transformer(build_shape(TINY)).eval()
+    tokens = torch.randint(0, 97, (2, 7))
+    with torch.no_grad():
+        plain = model.hidden_states(tokens)
+        observed = model.hidden_states(tokens, observer=lambda *_: None)
+    torch.testing.assert_close(plain, observed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_expanded_kv_attention_equals_enable_gqa(dtype: torch.dtype, kv_heads: int) -> None:
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 9, 16, dtype=dtype)
+    k, v = torch.randn(2, 2, kv_heads, 9, 16, dtype=dtype).unbind(0)
+    grouped = causal_attention(q, k, v, expand_kv=False)
+    expanded = causal_attention(q, k, v, expand_kv=True)
+    assert expanded.shape == grouped.shape == q.shape
+    torch.testing.assert_close(expanded, grouped)

@@ -8,6 +8,7 @@ checkpoint, so the log always reads as a single uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -121,10 +122,40 @@ def mfu_basis(
     return MfuBasis(flops_per_token=flops_per_token, peak_flops=peak, note=note)
 
 
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mib`, so that each run in one process reports its own.
+
+    On CUDA the allocator's peak statistics are reset. On Linux CPU, writing "5" to
+    /proc/self/clear_refs resets the process's resident-memory high-water mark (VmHWM) to its
+    current resident size. Where that is unavailable (no /proc, or not writable) nothing is
+    reset: the CPU peak is then per process, the maximum over everything it has run so far.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        PROC_CLEAR_REFS.write_text("5", encoding="ascii")
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak allocated GPU memory, or on CPU the process's peak resident set size."""
+    """Peak allocated GPU memory, or on CPU the peak resident set size, since the last reset.
+
+    On CPU this is VmHWM from /proc/self/status, which `reset_peak_memory` resets; without /proc
+    it is `ru_maxrss`, which never resets (the peak of the whole process).
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with PROC_STATUS.open(encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 

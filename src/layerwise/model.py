@@ -13,6 +13,7 @@ start from the same distribution whatever their per-layer widths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.losses import linear_cross_entropy
+from layerwise.losses import Reduction, linear_cross_entropy
 from layerwise.profiles import LayerSpec, ModelShape
 
 NormOrder = Literal["reordered", "pre"]
+
+Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
+"""Called as `observer(index, block_input, block_output)` after each block, outside the block."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,27 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
 
 
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, expand_kv: bool | None = None
+) -> torch.Tensor:
+    """Causal grouped-query attention of q [b, heads, s, hd] over k, v [b, kv_heads, s, hd].
+
+    SDPA's `enable_gqa=True` lets each group of query heads share a k/v head without copying
+    them, but on CUDA in float32 it leaves only the slow math kernel: the memory-efficient
+    kernel, the only fused one that takes float32, does not accept `enable_gqa`. There k and v
+    are expanded to the query head count (`repeat_interleave` on the head dim, the grouping
+    `enable_gqa` uses) and SDPA is called without it. `expand_kv` forces the choice (tests).
+    """
+    if expand_kv is None:
+        expand_kv = q.is_cuda and q.dtype == torch.float32
+    if not expand_kv:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 class Attention(nn.Module):
     def __init__(self, d_model: int, head_dim: int, layer: LayerSpec, eps: float) -> None:
         super().__init__()
@@ -92,7 +117,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if v.dtype != q.dtype:
             v = v.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        out = causal_attention(q, k, v)
         return self.w_o(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -148,8 +173,14 @@ class Transformer(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final-norm output [batch, seq, d_model], the input of the LM head."""
+    def hidden_states(self, tokens: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
+        """Final-norm output [batch, seq, d_model], the input of the LM head.
+
+        `observer(index, block_input, block_output)`, if given, is called after each block with
+        its residual stream in and out ([batch, seq, d_model]), here in the loop rather than by
+        hooks, which fire twice on checkpointed blocks and make compiled ones recompile. It sees
+        the live tensors: it must not modify them, and should detach what it keeps.
+        """
         seq = tokens.shape[1]
         if seq > self.options.max_seq_len:
             raise ValueError(
@@ -157,17 +188,30 @@ class Transformer(nn.Module):
             )
         cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         x = self.embedding(tokens)
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        for index, block in enumerate(self.blocks):
+            block_input, x = x, block(x, cos, sin)
+            if observer is not None:
+                observer(index, block_input, x)
         return self.final_norm(x)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token cross-entropy when `targets` is given, else the logits.
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: Reduction = "mean",
+        observer: Observer | None = None,
+    ) -> torch.Tensor:
+        """Next-token cross-entropy against `targets` when given, else the logits.
 
-        The loss never materialises the full float32 logits: it is computed in chunks of tokens,
-        which keeps memory flat in the vocabulary size.
+        `reduction` is "mean" or "sum" (a scalar), or "none": the float32 loss of every token,
+        shape [batch * seq] in row-major order (token t of sequence b at b * seq + t, so
+        `.view(batch, seq)` restores the layout), for scoring under `torch.no_grad()`. The loss
+        never materialises the full float32 logits: it is computed in chunks of tokens, which
+        keeps memory flat in the vocabulary size. `observer` is as in `hidden_states`.
         """
-        hidden = self.hidden_states(tokens)
+        hidden = self.hidden_states(tokens, observer)
         if targets is None:
             return self.lm_head(hidden)
-        return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return linear_cross_entropy(
+            hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction
+        )
