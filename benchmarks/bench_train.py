@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerwise.build import compute_dtype
 from layerwise.config import BatchPlan, OptimConfig
 from layerwise.data import META_FILE, SplitMeta, TokenMeta, meta_to_json, token_dtype
 from layerwise.distributed import DistInfo
@@ -74,7 +75,7 @@ from layerwise.profiles import (
     resolve_shape,
     total_params,
 )
-from layerwise.training import compute_dtype, train_step
+from layerwise.step import train_step
 
 DEFAULT_PROFILES = tuple(SHAPES)
 """isotropic first: every other profile is compared with it."""
@@ -463,7 +464,6 @@ class OursLoop:
             "none",
             compile=settings.compile,
             activation_checkpointing=False,
-            mixed_precision=self.dtype is not None,
         )
         self.optimizer = build_optimizer(self.model, OPTIM, self.device)
         self.windows = open_split(data_dir, "train", settings.seq_len)

@@ -200,3 +200,16 @@ def test_two_process_checkpoint_resumes_on_one_process(
     run_to_end(train_command(config_file, run_dir, 1, "parallel.strategy=fsdp", "--resume"))
     assert_close_losses(run_dir, single)
     assert list_checkpoints(run_dir)[-1][0] == STEPS > killed_at
+
+
+def test_ddp_and_fsdp_agree_in_bf16(config_file: Path, tmp_path: Path) -> None:
+    """One mixed-precision mechanism (autocast) for every layout: FSDP once stacked a bf16
+    param_dtype on autocast and ran the residual stream and norm gains in bf16 where DDP did not."""
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        runs[strategy] = tmp_path / strategy
+        settings = (f"parallel.strategy={strategy}", "run.precision=bf16", "train.steps=8")
+        run_to_end(train_command(config_file, runs[strategy], 2, *settings))
+    ddp, fsdp = losses(runs["ddp"]), losses(runs["fsdp"])
+    assert [s for s, _ in ddp] == [s for s, _ in fsdp] == list(range(1, 9))
+    np.testing.assert_allclose([v for _, v in fsdp], [v for _, v in ddp], rtol=0, atol=1e-4)

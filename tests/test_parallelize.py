@@ -23,7 +23,7 @@ from layerwise.parallelize import (
     count_block_shapes,
     gradient_sync,
     parallelize,
-    raise_recompile_limit,
+    set_recompile_limit,
     transformer_blocks,
 )
 from layerwise.profiles import ProfileSpec, build_shape
@@ -99,7 +99,6 @@ def worker(rank: int, strategy: str, port: int, out: Path) -> None:
             strategy,
             compile=False,
             activation_checkpointing=strategy == "fsdp",
-            mixed_precision=False,
         )
         shard = global_batch().chunk(WORLD_SIZE)[dist.rank]
         micro_batches = shard.chunk(2)
@@ -146,7 +145,6 @@ def test_activation_checkpointing_keeps_loss_gradients_and_parameter_names() -> 
         "none",
         compile=False,
         activation_checkpointing=True,
-        mixed_precision=False,
     )
     tokens = global_batch()
     loss_of(plain, tokens).backward()
@@ -166,7 +164,6 @@ def test_single_process_ignores_the_data_parallel_wrapper() -> None:
                 strategy,
                 compile=False,
                 activation_checkpointing=False,
-                mixed_precision=False,
             )
             is model
         )
@@ -181,7 +178,6 @@ def test_strategy_none_with_many_processes_is_a_user_error() -> None:
             "none",
             compile=False,
             activation_checkpointing=False,
-            mixed_precision=False,
         )
     with pytest.raises(UserError, match="unknown parallelism"):
         parallelize(
@@ -190,7 +186,6 @@ def test_strategy_none_with_many_processes_is_a_user_error() -> None:
             "zero3",
             compile=False,
             activation_checkpointing=False,
-            mixed_precision=False,
         )
 
 
@@ -206,7 +201,9 @@ def test_gradient_sync_is_a_no_op_without_a_wrapper() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_recompile_limit_covers_every_block_shape_and_is_never_lowered() -> None:
+def test_recompile_limit_covers_every_block_shape_of_this_model_only() -> None:
+    """Sized per run, not a running total: a later model gets its own limit, never one inflated
+    or exhausted by an earlier run in the same process."""
     spec = ProfileSpec(
         ffn=(0.5, 4.0),
         qkv=(0.5, 1.0),
@@ -221,16 +218,15 @@ def test_recompile_limit_covers_every_block_shape_and_is_never_lowered() -> None
     assert count_block_shapes(blocks) == 18
     config = torch._dynamo.config
     with config.patch(recompile_limit=8, accumulated_recompile_limit=256):
-        raise_recompile_limit(count_block_shapes(blocks))
+        set_recompile_limit(count_block_shapes(blocks))
         assert config.recompile_limit >= 36
-    with config.patch(recompile_limit=1000):
-        raise_recompile_limit(1)
-        assert config.recompile_limit == 1000
+        set_recompile_limit(1)
+        assert config.recompile_limit == 8
 
 
 @pytest.mark.slow
 def test_compiled_blocks_of_different_shapes_never_fall_back_to_eager() -> None:
-    """With the limit at 1, the second block shape would fail unless parallelize raises it.
+    """With the limit at 1, the second block shape would fail unless parallelize sets it.
 
     Inference only: it compiles one graph per shape, which keeps this test to seconds.
     """
@@ -245,7 +241,6 @@ def test_compiled_blocks_of_different_shapes_never_fall_back_to_eager() -> None:
             "none",
             compile=True,
             activation_checkpointing=False,
-            mixed_precision=False,
         )
         with torch.no_grad():
             loss = loss_of(compiled, tokens)

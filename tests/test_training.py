@@ -16,7 +16,8 @@ import torch
 
 import layerwise
 from conftest import markov_tokens, write_token_dir
-from layerwise import training
+from layerwise import step
+from layerwise.build import build_shape, resolve_vocab_size, with_data_vocab
 from layerwise.checkpointing import list_checkpoints
 from layerwise.cli import main as cli_main
 from layerwise.config import Config, load_config
@@ -25,16 +26,8 @@ from layerwise.distributed import DistInfo
 from layerwise.errors import UserError
 from layerwise.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops, read_records
 from layerwise.profiles import total_params
-from layerwise.training import (
-    NonFiniteLoss,
-    RunInterrupted,
-    build_shape,
-    evaluate,
-    resolve_vocab_size,
-    setup_run,
-    train,
-    with_data_vocab,
-)
+from layerwise.step import NonFiniteLoss, evaluate
+from layerwise.training import RunInterrupted, setup_run, train
 
 VOCAB = 61
 TINY = """
@@ -144,7 +137,7 @@ def test_same_seed_same_losses_and_reruns_need_resume(config_file: Path, tmp_pat
 
 def send_signal_at_step(monkeypatch: pytest.MonkeyPatch, signum: int, at_step: int) -> None:
     """Deliver `signum` to this process while step `at_step` is running."""
-    real = training.forward_backward
+    real = step.forward_backward
     calls = {"n": 0}
 
     def forward_backward(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -153,7 +146,7 @@ def send_signal_at_step(monkeypatch: pytest.MonkeyPatch, signum: int, at_step: i
             os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "forward_backward", forward_backward)
+    monkeypatch.setattr(step, "forward_backward", forward_backward)
 
 
 def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(
@@ -189,7 +182,7 @@ def test_cli_exits_with_the_signal_status(
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = training.forward_backward
+    real = step.forward_backward
     calls = {"n": 0}
 
     def diverging(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -197,7 +190,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 7 else loss
 
-    monkeypatch.setattr(training, "forward_backward", diverging)
+    monkeypatch.setattr(step, "forward_backward", diverging)
     config = tiny_config(config_file)
     with pytest.raises(NonFiniteLoss, match="step 7"):
         train(config)

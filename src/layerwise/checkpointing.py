@@ -53,13 +53,12 @@ class TrainerState:
     step: int = 0
     tokens: int = 0
     sampler: dict[str, Any] | None = None
-    world_size: int = 1
     wall_time_s: float = 0.0
     train_loss: float | None = None
     val_loss: float | None = None
-    timed_tokens: int = 0
-    timed_seconds: float = 0.0
     peak_memory_mib: float = 0.0
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each callback's `state_dict()`, by callback name (layerwise.callbacks)."""
 
 
 def checkpoint_name(step: int) -> str:

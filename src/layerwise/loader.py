@@ -154,3 +154,37 @@ class WindowSampler:
 def validation_indices(n_windows: int, n: int) -> np.ndarray:
     """The first min(n, n_windows) windows in file order: the same for every profile and run."""
     return np.arange(min(max(n, 0), n_windows), dtype=np.int64)
+
+
+class DeviceBatches:
+    """Each step's windows on the training device, the next step's already on their way.
+
+    While step N runs, step N+1's windows are gathered from the memory map and, on CUDA, copied
+    from pinned memory with `non_blocking=True`, so the copy overlaps the GPU's work instead of
+    stalling the step that needs it. Prefetching draws from the sampler one step ahead, so the
+    position to checkpoint is the one before the prefetched batch: `state_dict` returns that.
+    """
+
+    def __init__(self, windows: TokenWindows, sampler: WindowSampler, device: torch.device):
+        self.windows, self.sampler, self.device = windows, sampler, device
+        self._pin = device.type == "cuda"
+        self._next: tuple[dict, torch.Tensor] | None = None
+
+    def next(self) -> torch.Tensor:
+        """This step's windows [rank's share, seq_len + 1] on the device; prefetches the next."""
+        _, batch = self._next if self._next is not None else self._fetch()
+        self._next = self._fetch()
+        return batch
+
+    def _fetch(self) -> tuple[dict, torch.Tensor]:
+        position = self.sampler.state_dict()
+        batch = self.windows.get(self.sampler.next_indices())
+        if self._pin:
+            batch = batch.pin_memory()
+        return position, batch.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        """The sampler's position after the batches handed out so far (not the prefetched one)."""
+        if self._next is None:
+            return self.sampler.state_dict()
+        return self._next[0]

@@ -8,6 +8,12 @@ The model code knows nothing of parallelism; this module applies, in the order t
    the embedding, LM head and chunked loss stay eager;
 3. data parallelism: DDP around the whole model, or FSDP2's `fully_shard` on every block and
    then on the root, so each block's parameters are gathered just before it runs.
+
+Reduced precision has one mechanism whatever the layout: the trainer's bf16 autocast. FSDP2
+keeps float32 parameters (no `param_dtype`), so DDP and FSDP compute the same thing: with a
+bf16 `param_dtype` on top of autocast, FSDP would run the residual stream and the norm gains in
+bf16 where DDP keeps them in float32. The price is float32 all-gathers (twice the traffic of
+bf16), which matters only for models large enough to need sharding at all.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch._dynamo.config as dynamo_config
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from layerwise.distributed import DistInfo, is_distributed
@@ -29,9 +35,11 @@ from layerwise.errors import UserError
 
 Strategy = Literal["none", "ddp", "fsdp"]
 
-COMPILE_VARIANTS_PER_SHAPE = 4
-"""Compiled graphs one block shape may need: grad enabled or not (training vs evaluation) times
-one spare for an input-shape change (a shorter last batch) in each mode."""
+COMPILE_VARIANTS_PER_SHAPE = 2
+"""Compiled graphs one block shape needs: grad enabled or not (training vs evaluation). Input
+shapes never change within a run (evaluation pads its last batch), so no spare is needed."""
+DEFAULT_RECOMPILE_LIMIT = dynamo_config.recompile_limit
+DEFAULT_ACCUMULATED_LIMIT = dynamo_config.accumulated_recompile_limit
 
 
 def parallelize(
@@ -41,7 +49,6 @@ def parallelize(
     *,
     compile: bool,
     activation_checkpointing: bool,
-    mixed_precision: bool,
 ) -> nn.Module:
     """The model ready to train on this rank: wrapped blocks, then the data-parallel wrapper.
 
@@ -52,9 +59,6 @@ def parallelize(
     "fsdp": with one rank there is nothing to synchronise, and a config written for a cluster
     still runs on a laptop. Under torchrun, even with one process, the wrapper is applied, so a
     one-GPU torchrun exercises the same code as a cluster.
-
-    `mixed_precision` only shapes FSDP2's policy (it must know the dtype to gather parameters
-    in); with DDP or no wrapper, reduced precision is the caller's autocast.
     """
     check_strategy(strategy, dist)
     blocks = transformer_blocks(model)
@@ -66,7 +70,7 @@ def parallelize(
         return model
     if strategy == "ddp":
         return wrap_ddp(model, dist)
-    return shard_fsdp(model, blocks, dist, mixed_precision)
+    return shard_fsdp(model, blocks, dist)
 
 
 def check_strategy(strategy: str, dist: DistInfo) -> None:
@@ -114,8 +118,14 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
 
     `Module.compile` rather than `torch.compile(module)` keeps parameter names unchanged, so
     checkpoints are the same with and without compilation.
+
+    Dynamo's caches and counters are process-wide: a second run in the same process (the next
+    profile of a comparison, the next search trial) would count its new shapes against the
+    first run's graphs and fall back to eager past the limit, biasing its throughput. So every
+    call starts from a reset compiler with a limit sized for this model.
     """
-    raise_recompile_limit(count_block_shapes(blocks))
+    torch._dynamo.reset()
+    set_recompile_limit(count_block_shapes(blocks))
     for block in blocks:
         block.compile()
 
@@ -126,13 +136,11 @@ def count_block_shapes(blocks: nn.ModuleList) -> int:
     return len(signatures)
 
 
-def raise_recompile_limit(n_shapes: int) -> None:
-    """Let dynamo keep a graph for every block shape; never lowers a limit set by the user."""
-    needed = n_shapes * COMPILE_VARIANTS_PER_SHAPE
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
-    dynamo_config.accumulated_recompile_limit = max(
-        dynamo_config.accumulated_recompile_limit, needed
-    )
+def set_recompile_limit(n_shapes: int) -> None:
+    """Let dynamo keep a graph for every block shape of this model (and at least its default)."""
+    needed = max(n_shapes * COMPILE_VARIANTS_PER_SHAPE, DEFAULT_RECOMPILE_LIMIT)
+    dynamo_config.recompile_limit = needed
+    dynamo_config.accumulated_recompile_limit = max(needed, DEFAULT_ACCUMULATED_LIMIT)
 
 
 def wrap_ddp(model: nn.Module, dist: DistInfo) -> nn.Module:
@@ -145,9 +153,7 @@ def wrap_ddp(model: nn.Module, dist: DistInfo) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
 
 
-def shard_fsdp(
-    model: nn.Module, blocks: nn.ModuleList, dist: DistInfo, mixed_precision: bool
-) -> nn.Module:
+def shard_fsdp(model: nn.Module, blocks: nn.ModuleList, dist: DistInfo) -> nn.Module:
     """FSDP2 on each block, then on the root (embedding, final norm and LM head).
 
     Rank 0's weights are broadcast first: FSDP2 shards whatever each rank holds, and ranks that
@@ -156,12 +162,9 @@ def shard_fsdp(
     """
     broadcast_parameters(model)
     mesh = init_device_mesh(dist.device.type, (dist.world_size,))
-    policy = mixed_precision_policy(mixed_precision)
     for index, block in enumerate(blocks):
-        fully_shard(
-            block, mesh=mesh, mp_policy=policy, reshard_after_forward=index < len(blocks) - 1
-        )
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(block, mesh=mesh, reshard_after_forward=index < len(blocks) - 1)
+    fully_shard(model, mesh=mesh)
     return model
 
 
@@ -170,17 +173,6 @@ def broadcast_parameters(model: nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             torch.distributed.broadcast(tensor, src=0)
-
-
-def mixed_precision_policy(enabled: bool) -> MixedPrecisionPolicy:
-    """bf16 compute with fp32 gradient reduction, or plain fp32 throughout.
-
-    Gradients are reduced in fp32 because summing many ranks' bf16 gradients loses the small
-    updates that decide late training; parameters stay fp32 in the optimizer either way.
-    """
-    if enabled:
-        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    return MixedPrecisionPolicy()
 
 
 @contextmanager

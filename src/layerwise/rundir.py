@@ -16,6 +16,8 @@ from layerwise.errors import UserError
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+TOKENIZER_DIR = "tokenizer"
+"""The data's meta.json and tokenizer.json, copied so the run can be used without its data."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class RunSummary:
     hardware: dict[str, Any]
     versions: dict[str, str]
     config_hash: str
+    stopped_early: str | None = None
+    """Why a callback ended the run before its last step (e.g. a pruned search trial)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
