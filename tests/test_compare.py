@@ -1,4 +1,5 @@
-"""`layerwise compare` end to end on tiny models: the table, the CSV, the figures, resuming."""
+"""`layerwise compare` end to end on tiny models: the table, the CSV, the figures, resuming, and
+refusing to mix runs of other settings into one comparison."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from layerwise.cells import plan_cells
 from layerwise.cli import main
-from layerwise.compare import make_plan, plan_runs
+from layerwise.compare import make_plan, prepare
 from layerwise.errors import UserError
 from layerwise.metrics import read_records
 from layerwise.rundir import RunSummary
@@ -54,7 +56,9 @@ def config(tiny_config_file) -> Path:  # type: ignore[no-untyped-def]
     return tiny_config_file(TINY)
 
 
-def test_compare_writes_the_table_csv_and_figures(config: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_compare_writes_the_table_csv_and_figures(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cmp"
     argv = ["compare", str(config), "--profiles", PROFILES, "--seeds", "0,1", "--out", str(out)]
     assert main(argv) == 0
@@ -115,16 +119,26 @@ def test_one_seed_says_the_spread_is_unknown(config: Path, tmp_path: Path) -> No
 
 def test_paper_anchors_keep_the_hand_tuned_shapes(config: Path, tmp_path: Path) -> None:
     plan = make_plan(str(config), ["isotropic", "crown"], [0], tmp_path, match=None)
-    assert all("model.match=null" in run.overrides for run in plan_runs(plan))
+    assert all("model.match=null" in cell.overrides for cell in plan_cells(plan))
     matched = make_plan(str(config), ["isotropic", "crown"], [0], tmp_path, match="isotropic")
-    crown = next(run for run in plan_runs(matched) if run.profile == "crown")
+    crown = next(cell for cell in plan_cells(matched) if cell.profile == "crown")
     assert "model.match=isotropic" in crown.overrides
 
 
-def test_bad_requests_fail_before_training(config: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_fail_before_training(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "cmp"
     assert main(["compare", str(config), "--profiles", "isotropic,diamond", "--out", str(out)]) == 2
     assert "unknown profile 'diamond'" in capsys.readouterr().err
+    assert main(["compare", str(config), "--profiles", "isotropic,crwn", "--out", str(out)]) == 2
+    assert "unknown profile 'crwn' (did you mean 'crown'?)" in capsys.readouterr().err
+    # A preset brings its own base, which the tiny config contradicts: found before isotropic
+    # trains, not after.
+    argv = ["compare", str(config), "--profiles", "isotropic,paper-18l-crown", "--out", str(out)]
+    assert main(argv) == 2
+    assert "paper-18l-crown seed 0 cannot run" in capsys.readouterr().err
+    assert not (out / "isotropic").exists()
     assert (
         main(
             [
@@ -185,3 +199,95 @@ def test_rerun_after_a_kill_finishes_only_the_missing_runs(config: Path, tmp_pat
     steps = [r["step"] for r in read_records(second / "metrics.jsonl") if r["type"] == "train"]
     assert steps == list(range(1, 31)), "the resumed run's log reads as one run"
     assert all((out / p / "seed0" / "summary.json").exists() for p in PROFILES.split(","))
+
+
+def short_comparison(config: Path, out: Path, *options: str) -> list[str]:
+    """A `compare` command line of 4-step runs, for tests that only need finished runs."""
+    return ["compare", str(config), "--out", str(out), "train.steps=4", *options]
+
+
+@pytest.mark.parametrize(
+    ("override", "difference"),
+    [("optim.lr=1e-3", "optim.lr: 0.003 -> 0.001"), ("train.steps=6", "train.steps: 4 -> 6")],
+)
+def test_a_rerun_with_other_settings_is_refused_before_training(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    override: str,
+    difference: str,
+) -> None:
+    out = tmp_path / "cmp"
+    command = short_comparison(config, out, "--profiles", "isotropic,crown")
+    assert main(command) == 0
+    manifest = (out / "comparison.json").read_text()
+    finished = (out / "isotropic" / "seed0" / "summary.json").read_bytes()
+    (out / "crown" / "seed0" / "summary.json").unlink()  # crown now looks interrupted
+    capsys.readouterr()
+
+    assert main([*command, override]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for cell in ("isotropic seed 0", "crown seed 0"):
+        assert f"{cell} ({out / cell.split()[0] / 'seed0'}): {difference}" in err
+    assert "new --out" in err and "--rerun-changed" in err
+    assert (out / "comparison.json").read_text() == manifest
+    assert (out / "isotropic" / "seed0" / "summary.json").read_bytes() == finished
+    assert not (out / "crown" / "seed0" / "summary.json").exists()
+
+
+def test_rerun_changed_retrains_exactly_the_changed_cells(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "cmp"
+    anchors = short_comparison(config, out, "--profiles", "isotropic,crown", "--paper-anchors")
+    assert main(anchors) == 0
+    reference = (out / "isotropic" / "seed0" / "summary.json").read_bytes()
+    capsys.readouterr()
+
+    # Matching budgets changes crown's config (model.match) but not the reference's.
+    matched = short_comparison(config, out, "--profiles", "isotropic,crown", "--rerun-changed")
+    assert main(matched) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # undo the console's line wrapping
+    assert "crown seed 0: settings changed (model.match: None -> 'isotropic'): deleted" in printed
+    assert "isotropic seed 0: finished earlier, skipped" in printed
+    assert "crown seed 0: training" in printed
+    assert (out / "isotropic" / "seed0" / "summary.json").read_bytes() == reference
+    crown = RunSummary.load(out / "crown" / "seed0" / "summary.json")
+    assert crown.budget is not None and crown.budget["target"] > 0
+    assert '"match": "isotropic"' in (out / "comparison.json").read_text()
+
+
+def test_dropping_a_cell_cannot_hide_its_other_settings(
+    config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run left in OUT must still fit the manifest a narrower rerun would write."""
+    out = tmp_path / "cmp"
+    assert main(short_comparison(config, out, "--profiles", "isotropic,crown")) == 0
+    manifest = (out / "comparison.json").read_text()
+    capsys.readouterr()
+
+    narrower = short_comparison(config, out, "--profiles", "isotropic", "optim.lr=1e-3")
+    assert main([*narrower, "--rerun-changed"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "crown seed 0" in err and "optim.lr: 0.003 -> 0.001" in err
+    assert "not in this command's grid" in err
+    assert (out / "comparison.json").read_text() == manifest
+    assert (out / "isotropic" / "seed0" / "summary.json").exists()
+
+
+def test_a_cell_is_finished_only_if_its_summary_matches_the_plan(
+    config: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    assert main(short_comparison(config, out, "--profiles", "isotropic")) == 0
+    plan = make_plan(str(config), ["isotropic"], [0], out, overrides=["train.steps=4"])
+    [run], _ = prepare(plan, world_size=1, rerun_changed=False)
+    assert run.finished_summary() is not None
+
+    path = out / "isotropic" / "seed0" / "summary.json"
+    path.write_text(path.read_text().replace(run.finished_summary().config_hash, "0" * 16))
+    assert run.finished_summary() is None

@@ -5,70 +5,78 @@ for a given seed, same validation windows, token budget, optimizer and schedule.
 profile to match, every other shape is rescaled by the budget solver to the reference's parameter
 count (or FLOPs), so a difference in perplexity cannot come from a difference in size.
 
-Runs go in `OUT/<profile>/seed<k>/`. Rerunning the same command skips finished runs and resumes an
-interrupted one from its last checkpoint, so a comparison survives a lost node or a Ctrl-C.
+A comparison holds the runs of one experiment. Before the first step every cell's config is
+resolved and checked (profile, budget, batch split), and every run already in OUT is compared
+with its cell's planned config: one made with other settings stops the command, naming the cell
+and the keys, because mixing it into the table would compare two experiments as one. Rerunning
+the same command skips finished runs and resumes an interrupted one from its last checkpoint, so
+a comparison survives a lost node or a Ctrl-C. The grid's layout lives in `layerwise.cells`.
 """
 
 from __future__ import annotations
 
-import json
+import difflib
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise.config import load_config
-from layerwise.distributed import init_distributed
+from layerwise.build import build_shape, with_data_vocab
+from layerwise.cells import (
+    Cell,
+    ComparisonPlan,
+    make_cell,
+    plan_cells,
+    read_plan,
+    write_manifest,
+)
+from layerwise.checkpointing import list_checkpoints
+from layerwise.config import (
+    Config,
+    batch_plan,
+    config_hash,
+    experiment_differences,
+    load_config,
+)
+from layerwise.distributed import DistInfo, barrier, init_distributed
 from layerwise.errors import UserError
-from layerwise.fsutil import atomic_write_json
-from layerwise.rundir import SUMMARY_FILE, RunSummary
+from layerwise.profiles import PRESETS, SHAPES
+from layerwise.rundir import CONFIG_FILE, SUMMARY_FILE, RunSummary
 from layerwise.training import train
 
-MANIFEST_FILE = "comparison.json"
+OnRun = Callable[[int, int, Cell, str], None]
 
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One cell of the comparison grid and the overrides that make it differ from the others."""
+    """A cell with the resolved config `train` will get (the data's vocabulary filled in, as the
+    run saves it in its config.yaml)."""
 
-    profile: str
-    seed: int
-    run_dir: Path
-    overrides: tuple[str, ...]
+    cell: Cell
+    config: Config
 
-    @property
-    def finished(self) -> bool:
-        return (self.run_dir / SUMMARY_FILE).exists()
+    def finished_summary(self) -> RunSummary | None:
+        """The cell's summary if its run finished this very experiment (same config hash)."""
+        path = self.cell.run_dir / SUMMARY_FILE
+        if not path.exists():
+            return None
+        summary = RunSummary.load(path)
+        return summary if summary.config_hash == config_hash(self.config) else None
 
 
 @dataclass(frozen=True)
-class ComparisonPlan:
-    config: str
-    profiles: tuple[str, ...]
-    seeds: tuple[int, ...]
-    match: str | None
-    match_by: str
-    out: Path
-    overrides: tuple[str, ...]
+class Change:
+    """A cell whose directory already holds a run made with other experiment settings."""
 
+    run: PlannedRun
+    differences: tuple[str, ...]
 
-def plan_runs(plan: ComparisonPlan) -> list[PlannedRun]:
-    """The grid in the order it is trained: seed-major, so a partial comparison has whole seeds."""
-    runs = []
-    for seed in plan.seeds:
-        for profile in plan.profiles:
-            run_dir = plan.out / profile / f"seed{seed}"
-            match = "null" if plan.match in (None, profile) else plan.match
-            overrides = (
-                *plan.overrides,
-                f"model.profile={profile}",
-                f"model.match={match}",
-                f"model.match_by={plan.match_by}",
-                f"train.seed={seed}",
-                f"run.dir={run_dir}",
-                "run.resume=auto",
-            )
-            runs.append(PlannedRun(profile, seed, run_dir, overrides))
-    return runs
+    @property
+    def settings(self) -> str:
+        return "; ".join(self.differences)
+
+    def describe(self) -> str:
+        return f"{self.run.cell.label} ({self.run.cell.run_dir}): {self.settings}"
 
 
 def parse_list(text: str, what: str) -> tuple[str, ...]:
@@ -87,55 +95,179 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise UserError(f"--seeds {text!r}: write integers, e.g. 0,1,2") from None
 
 
-def check_plan(plan: ComparisonPlan) -> None:
-    """Fail before any training if a run's config is invalid, rather than hours in."""
+def check_profiles(plan: ComparisonPlan) -> None:
+    """Every profile is a shape or preset, and the reference is trained too."""
+    known = [*SHAPES, *PRESETS]
+    for name in plan.profiles:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(
+                f"--profiles: unknown profile {name!r}{hint}; choose a shape "
+                f"({', '.join(SHAPES)}) or a preset ({', '.join(PRESETS)})"
+            )
     if plan.match is not None and plan.match not in plan.profiles:
         raise UserError(
             f"--match-params {plan.match!r} is not among --profiles {','.join(plan.profiles)}; "
             "the reference must be trained too"
         )
-    for run in plan_runs(plan):
-        load_config(plan.config, run.overrides)
 
 
-def write_manifest(plan: ComparisonPlan) -> None:
-    manifest = asdict(plan)
-    manifest["out"] = str(plan.out)
-    atomic_write_json(plan.out / MANIFEST_FILE, manifest)
+def resolve(plan: ComparisonPlan, cell: Cell) -> PlannedRun:
+    return PlannedRun(cell, with_data_vocab(load_config(plan.config, cell.overrides)))
 
 
-def read_manifest(out: Path) -> dict:
-    path = out / MANIFEST_FILE
-    if not path.exists():
-        raise UserError(f"{path} not found: is {out} the --out directory of a `layerwise compare`?")
-    return json.loads(path.read_text(encoding="utf-8"))
+def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun:
+    """`cell` resolved and checked as far as it can be without training (config, data vocabulary,
+    shape and budget, batch split), so a bad cell fails before the first run, not hours in."""
+    try:
+        run = resolve(plan, cell)
+        vocab_size = run.config.model.vocab_size
+        assert vocab_size is not None, "with_data_vocab fills it in"
+        build_shape(run.config, vocab_size)
+        batch_plan(run.config, world_size)
+    except UserError as exc:
+        raise UserError(f"{cell.label} cannot run: {exc}") from None
+    return run
+
+
+def setting(config: Config, key: str) -> object:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def changed_settings(run: PlannedRun) -> tuple[str, ...]:
+    """How the run already in the cell's directory differs from the plan, as `key: old -> new`;
+    empty if it does not or there is none. Checkpoints without config.yaml cannot be compared and
+    count as a difference (the trainer refuses to resume them too)."""
+    run_dir, planned = run.cell.run_dir, run.config
+    saved = run_dir / CONFIG_FILE
+    if saved.exists():
+        old = load_config(saved)
+        return tuple(
+            f"{key}: {setting(old, key)!r} -> {setting(planned, key)!r}"
+            for key in experiment_differences(old, planned)
+        )
+    if (run_dir / SUMMARY_FILE).exists():
+        old_hash = RunSummary.load(run_dir / SUMMARY_FILE).config_hash
+        if old_hash != config_hash(planned):
+            unknown = f"no {CONFIG_FILE} says which keys"
+            return (f"config hash {old_hash} -> {config_hash(planned)} ({unknown})",)
+        return ()
+    if list_checkpoints(run_dir):
+        return (f"unknown: checkpoints but no {CONFIG_FILE}",)
+    return ()
+
+
+def find_changes(runs: Sequence[PlannedRun]) -> list[Change]:
+    return [Change(run, found) for run in runs if (found := changed_settings(run))]
+
+
+def dropped_runs(plan: ComparisonPlan) -> list[PlannedRun]:
+    """Cells of the comparison in OUT that this plan leaves out, resolved with its settings.
+
+    Their runs stay in OUT next to the rewritten manifest, so they too must be runs of the
+    experiment it describes. An unreadable manifest lists none: rewriting it is its repair.
+    """
+    try:
+        earlier = plan_cells(read_plan(plan.out))
+    except UserError:
+        return []
+    planned = {cell.run_id for cell in plan_cells(plan)}
+    return [resolve(plan, make_cell(plan, c.axes)) for c in earlier if c.run_id not in planned]
+
+
+def changes_message(plan: ComparisonPlan, changes: Sequence[Change], remedy: str) -> str:
+    listed = "\n".join(f"  {change.describe()}" for change in changes)
+    return (
+        f"{plan.out} holds runs made with other settings than this command's:\n{listed}\n"
+        f"A comparison holds the runs of one experiment, so nothing was trained. {remedy}"
+    )
+
+
+def prepare(
+    plan: ComparisonPlan, world_size: int, rerun_changed: bool
+) -> tuple[list[PlannedRun], list[Change]]:
+    """Everything that can fail before the first step; returns the runs in grid order and the
+    changed cells to retrain.
+
+    Raises UserError for a bad cell, for a run in OUT made with other settings (unless
+    `rerun_changed`), and for such a run in a cell this plan leaves out (it would stay in OUT
+    under a manifest that does not describe it).
+    """
+    check_profiles(plan)
+    runs = [checked_run(plan, cell, world_size) for cell in plan_cells(plan)]
+    dropped = find_changes(dropped_runs(plan))
+    if dropped:
+        raise UserError(
+            changes_message(
+                plan,
+                dropped,
+                "These cells are not in this command's grid: add them back to --profiles/--seeds "
+                "(with --rerun-changed to retrain them), delete their directories, or use a new "
+                "--out.",
+            )
+        )
+    changes = find_changes(runs)
+    if changes and not rerun_changed:
+        raise UserError(
+            changes_message(
+                plan,
+                changes,
+                "Use a new --out for the new settings, or pass --rerun-changed to delete and "
+                f"retrain {'this cell' if len(changes) == 1 else f'these {len(changes)} cells'}.",
+            )
+        )
+    return runs, changes
+
+
+def join_distributed(plan: ComparisonPlan) -> DistInfo:
+    """Under torchrun every rank trains every run; every cell shares `run.device`."""
+    first = plan_cells(plan)[0]
+    return init_distributed(load_config(plan.config, first.overrides).run.device)
+
+
+def is_main_process(plan: ComparisonPlan) -> bool:
+    """Only rank 0 writes the comparison's files and reports progress."""
+    return join_distributed(plan).is_main
 
 
 def run_comparison(
     plan: ComparisonPlan,
-    on_run: Callable[[int, int, PlannedRun, str], None] = lambda i, n, run, status: None,
+    on_run: OnRun = lambda index, total, cell, status: None,
+    rerun_changed: bool = False,
 ) -> list[RunSummary]:
-    """Train every missing run of the grid; `on_run(index, total, run, status)` reports progress."""
-    check_plan(plan)
-    runs = plan_runs(plan)
-    if is_main_process(plan):
+    """Train every missing run of the grid; `on_run(index, total, cell, status)` reports progress.
+
+    With `rerun_changed`, cells whose runs were made with other settings are deleted (and said so
+    through `on_run`) before the manifest is rewritten, so it never describes a run it does not
+    hold, and are then trained again.
+    """
+    dist = join_distributed(plan)
+    runs, changes = prepare(plan, dist.world_size, rerun_changed)
+    barrier()  # every rank has read OUT before rank 0 deletes in it
+    if dist.is_main:
+        index = {run.cell.run_id: i for i, run in enumerate(runs)}
+        for change in changes:
+            cell = change.run.cell
+            shutil.rmtree(cell.run_dir)
+            status = (
+                f"settings changed ({change.settings}): deleted its earlier run, to train again"
+            )
+            on_run(index[cell.run_id], len(runs), cell, status)
         plan.out.mkdir(parents=True, exist_ok=True)
         write_manifest(plan)
+    barrier()
     summaries = []
     for index, run in enumerate(runs):
-        if run.finished:
-            on_run(index, len(runs), run, "finished earlier, skipped")
-            summaries.append(RunSummary.load(run.run_dir / SUMMARY_FILE))
+        finished = run.finished_summary()
+        if finished is not None:
+            on_run(index, len(runs), run.cell, "finished earlier, skipped")
+            summaries.append(finished)
             continue
-        on_run(index, len(runs), run, "training")
-        summaries.append(train(load_config(plan.config, run.overrides)))
+        on_run(index, len(runs), run.cell, "training")
+        summaries.append(train(run.config))
     return summaries
-
-
-def is_main_process(plan: ComparisonPlan) -> bool:
-    """Under torchrun every rank trains every run, but only rank 0 writes the comparison's files."""
-    first = plan_runs(plan)[0]
-    return init_distributed(load_config(plan.config, first.overrides).run.device).is_main
 
 
 def make_plan(

@@ -8,9 +8,10 @@ object API is used without pyplot, so plotting needs no display and touches no g
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -89,14 +90,40 @@ def plot_curves(
     spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
     log_y: bool = False,
 ) -> Path:
-    """One line per profile; `zoom_last` keeps only the last fraction of x to show small gaps.
+    """One figure of `draw_curves`."""
+    fig = Figure(figsize=(8, 4.5))
+    draw_curves(
+        fig.subplots(),
+        series,
+        title=title,
+        xlabel=xlabel,
+        ylabel=ylabel,
+        zoom_last=zoom_last,
+        spread=spread,
+        log_y=log_y,
+    )
+    return save_figure(fig, path)
+
+
+def draw_curves(
+    ax: Axes,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    zoom_last: float | None = None,
+    spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
+    log_y: bool = False,
+    legend: bool = True,
+) -> None:
+    """One line per name; `zoom_last` keeps only the last fraction of x to show small gaps.
 
     `spread` gives (x, low, high) bands, e.g. min/max over seeds, drawn behind each line.
     `log_y` keeps the late, small differences visible next to a large value at step 0. Sparse
     series (evaluations) get a marker at every point so a reader sees where they were measured.
+    Panels of one figure that show the same names leave the legend to the figure (`legend`).
     """
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.subplots()
     names = list(series)
     x_max = max((p[0] for points in series.values() for p in points), default=0.0)
     x_min = x_max * (1 - zoom_last) if zoom_last else float("-inf")
@@ -128,8 +155,23 @@ def plot_curves(
     if log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(frameon=False)
-    return save_figure(fig, path)
+    if legend:
+        ax.legend(frameon=False)
+
+
+def smoothing_window(curves: Iterable[Sequence[tuple[float, float]]]) -> int:
+    """Steps to average per-step losses over: about 50 points across the longest curve."""
+    return max(1, max((len(c) for c in curves), default=0) // 50)
+
+
+def moving_average(curve: Sequence[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    """Trailing moving average: per-step losses are too noisy to compare by eye."""
+    values = [y for _, y in curve]
+    out = []
+    for i, (x, _) in enumerate(curve):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append((x, sum(chunk) / len(chunk)))
+    return out
 
 
 def plot_bars(values: Mapping[str, float], path: str | Path, *, title: str, ylabel: str) -> Path:

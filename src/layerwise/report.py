@@ -1,7 +1,8 @@
 """The comparison's report: the study's table, honest about seed noise, plus the figures.
 
 Reads only what the runs left on disk (`summary.json`, `metrics.jsonl`), so a report can be
-regenerated at any time, also from a partly finished comparison.
+regenerated at any time, also from a partly finished comparison; and imports no torch, so it
+starts fast. Damaged files are UserErrors that name the file and the fix.
 """
 
 from __future__ import annotations
@@ -11,27 +12,36 @@ import html
 import io
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from layerwise.compare import read_manifest
+from layerwise.cells import Cell, ComparisonPlan, plan_cells, read_plan
 from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_text
-from layerwise.plots import plot_allocation, plot_bars, plot_curves
+from layerwise.plots import (
+    moving_average,
+    plot_allocation,
+    plot_bars,
+    plot_curves,
+    smoothing_window,
+)
 from layerwise.profiles import LayerSpec, ModelShape
-from layerwise.rundir import METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
-
-Curve = list[tuple[float, float]]
+from layerwise.rundir import SUMMARY_FILE, RunSummary
+from layerwise.runs import Curve, curve, required_metrics
 
 
 @dataclass(frozen=True)
 class RunResult:
-    profile: str
-    seed: int
+    cell: Cell
     summary: RunSummary
     train_loss: Curve
     val_ppl: Curve
+
+    @property
+    def profile(self) -> str:
+        return self.cell.profile
 
 
 @dataclass(frozen=True)
@@ -54,35 +64,37 @@ class ProfileRow:
 class ReportFiles:
     markdown: Path
     csv: Path
+    runs_csv: Path
     html: Path
     plots: tuple[Path, ...]
 
 
-def load_run(profile: str, seed: int, run_dir: Path) -> RunResult | None:
+def load_run(cell: Cell) -> RunResult | None:
     """A finished run's summary and curves (x in millions of tokens); None if not finished."""
-    if not (run_dir / SUMMARY_FILE).exists():
+    if not (cell.run_dir / SUMMARY_FILE).exists():
         return None
-    records = read_records(run_dir / METRICS_FILE)
+    summary = RunSummary.load(cell.run_dir / SUMMARY_FILE)
+    try:
+        records = required_metrics(cell.run_dir)
+    except UserError as exc:
+        raise UserError(
+            f"{exc}. The run's summary is intact but its curves are not: delete {cell.run_dir} "
+            "and rerun the compare command to train it again"
+        ) from None
     return RunResult(
-        profile=profile,
-        seed=seed,
-        summary=RunSummary.load(run_dir / SUMMARY_FILE),
-        train_loss=[(r["tokens"] / 1e6, r["loss"]) for r in records if r["type"] == "train"],
-        val_ppl=[(r["tokens"] / 1e6, r["ppl"]) for r in records if r["type"] == "val"],
+        cell=cell,
+        summary=summary,
+        train_loss=[(x / 1e6, y) for x, y in curve(records, "train", "loss", x="tokens")],
+        val_ppl=[(x / 1e6, y) for x, y in curve(records, "val", "ppl", x="tokens")],
     )
 
 
-def load_results(out: Path) -> tuple[dict, list[RunResult]]:
-    manifest = read_manifest(out)
-    results = [
-        result
-        for seed in manifest["seeds"]
-        for profile in manifest["profiles"]
-        if (result := load_run(profile, seed, out / profile / f"seed{seed}")) is not None
-    ]
+def load_results(out: Path) -> tuple[ComparisonPlan, list[RunResult]]:
+    plan = read_plan(out)
+    results = [result for cell in plan_cells(plan) if (result := load_run(cell)) is not None]
     if not results:
         raise UserError(f"no finished runs under {out} yet: run `layerwise compare` first")
-    return manifest, results
+    return plan, results
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -178,47 +190,37 @@ def markdown_table(rows: Sequence[ProfileRow]) -> str:
     return "\n".join(lines)
 
 
-def csv_text(rows: Sequence[ProfileRow]) -> str:
+def csv_text(records: Sequence[Mapping[str, Any]]) -> str:
+    """One row per record, the keys as header; None becomes an empty cell (NaN in pandas)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        [
-            "profile",
-            "seeds",
-            "params",
-            "val_ppl_mean",
-            "val_ppl_std",
-            "val_ppl_delta_pct",
-            "tokens_per_s",
-            "tokens_per_s_delta_pct",
-            "mfu",
-        ]
-    )
-    for row in rows:
-        writer.writerow(
-            [
-                row.profile,
-                row.seeds,
-                row.params,
-                row.val_ppl_mean,
-                row.val_ppl_std,
-                row.val_ppl_delta_pct,
-                row.tokens_per_s,
-                row.tokens_per_s_delta_pct,
-                row.mfu,
-            ]
-        )
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
     return buffer.getvalue()
 
 
-def _smooth(curve: Curve, window: int) -> Curve:
-    """Trailing moving average: per-step losses are too noisy to compare by eye."""
-    values = [y for _, y in curve]
-    out = []
-    for i, (x, _) in enumerate(curve):
-        chunk = values[max(0, i - window + 1) : i + 1]
-        out.append((x, sum(chunk) / len(chunk)))
-    return out
+def profile_record(row: ProfileRow) -> dict[str, Any]:
+    """A line of results.csv: the table's numbers; the verdict is prose for the report."""
+    return {k: v for k, v in asdict(row).items() if k != "verdict"}
+
+
+def run_record(result: RunResult) -> dict[str, Any]:
+    """A line of runs.csv: one run's final numbers; `run_dir` is relative to the report's
+    directory, so the file stays valid when the comparison is moved."""
+    summary = result.summary
+    return {
+        **result.cell.axes,
+        "params": summary.params,
+        "steps": summary.steps,
+        "tokens": summary.tokens,
+        "final_train_loss": summary.final_train_loss,
+        "final_val_loss": summary.final_val_loss,
+        "final_val_ppl": summary.final_val_ppl,
+        "tokens_per_s": summary.mean_tokens_per_s,
+        "mfu": summary.mean_mfu,
+        "wall_time_s": summary.wall_time_s,
+        "run_dir": result.cell.run_id,
+    }
 
 
 def _mean_curve(curves: Sequence[Curve]) -> tuple[Curve, list[tuple[float, float, float]]]:
@@ -237,9 +239,10 @@ def write_plots(
 ) -> tuple[Path, ...]:
     present = [p for p in profiles if any(r.profile == p for r in results)]
     runs = {p: [r for r in results if r.profile == p] for p in present}
-    longest = max(len(r.train_loss) for r in results)
-    window = max(1, longest // 50)
-    train = {p: _mean_curve([_smooth(r.train_loss, window) for r in rs]) for p, rs in runs.items()}
+    window = smoothing_window(r.train_loss for r in results)
+    train = {
+        p: _mean_curve([moving_average(r.train_loss, window) for r in rs]) for p, rs in runs.items()
+    }
     val = {p: _mean_curve([r.val_ppl for r in rs]) for p, rs in runs.items()}
     shapes = {
         p: ModelShape(
@@ -341,7 +344,11 @@ def render_markdown(
 
 
 def render_html(
-    rows: Sequence[ProfileRow], reference: str, plots: Sequence[Path], out: Path
+    rows: Sequence[ProfileRow],
+    results: Sequence[RunResult],
+    reference: str,
+    plots: Sequence[Path],
+    out: Path,
 ) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
     body = "".join(
@@ -351,37 +358,45 @@ def render_html(
     verdicts = "".join(
         f"<li>{html.escape(r.verdict)}</li>" for r in rows if r.verdict != "reference"
     )
+    details = "".join(f"<p>{html.escape(line)}</p>" for line in run_details(results))
     images = "".join(
-        f'<figure><img src="{html.escape(p.relative_to(out).as_posix())}" alt="{html.escape(p.stem)}"></figure>'
+        f'<figure><img src="{html.escape(p.relative_to(out).as_posix())}" '
+        f'alt="{html.escape(p.stem)}"></figure>'
         for p in plots
     )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+        "table{border-collapse:collapse}"
+        "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>layerwise comparison</title>"
         f"<style>{style}</style></head><body><h1>Layer-wise scaling comparison</h1>"
         f"<p>Changes relative to <code>{html.escape(reference)}</code>.</p>"
-        f"<table><tr>{head}</tr>{body}</table><ul>{verdicts}</ul>{images}</body></html>\n"
+        f"<table><tr>{head}</tr>{body}</table><ul>{verdicts}</ul>{details}{images}"
+        "</body></html>\n"
     )
 
 
 def write_report(out: str | Path) -> tuple[ReportFiles, list[ProfileRow]]:
-    """(Re)generate report.md, results.csv, report.html and figures/ from the runs on disk."""
+    """(Re)generate report.md, results.csv (per profile), runs.csv (per run), report.html and
+    figures/ from the runs on disk."""
     out = Path(out)
-    manifest, results = load_results(out)
-    profiles = manifest["profiles"]
-    reference = manifest["match"] or ("isotropic" if "isotropic" in profiles else profiles[0])
+    plan, results = load_results(out)
+    profiles = plan.profiles
+    reference = plan.match or ("isotropic" if "isotropic" in profiles else profiles[0])
     rows = table_rows(results, profiles, reference)
     plots = write_plots(results, profiles, out)
     files = ReportFiles(
         markdown=atomic_write_text(
             out / "report.md", render_markdown(rows, results, reference, plots, out)
         ),
-        csv=atomic_write_text(out / "results.csv", csv_text(rows)),
-        html=atomic_write_text(out / "report.html", render_html(rows, reference, plots, out)),
+        csv=atomic_write_text(out / "results.csv", csv_text([profile_record(r) for r in rows])),
+        runs_csv=atomic_write_text(out / "runs.csv", csv_text([run_record(r) for r in results])),
+        html=atomic_write_text(
+            out / "report.html", render_html(rows, results, reference, plots, out)
+        ),
         plots=plots,
     )
     return files, rows

@@ -7,12 +7,41 @@ sets `func`, a callable taking the parsed namespace and returning an exit status
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from layerwise.errors import UserError
 
-COMMAND_MODULES = ("profile", "data", "train", "compare", "report", "demo")
+COMMAND_MODULES = ("profile", "data", "train", "compare", "report", "runs", "plot", "demo")
+
+
+WRITE_ERRORS = {
+    errno.EACCES: "make it writable or choose another output path",
+    errno.EPERM: "make it writable or choose another output path",
+    errno.EROFS: "the file system is read-only; choose another output path",
+    errno.ENOSPC: "the disk is full; free space or choose another output path",
+    errno.EDQUOT: "the disk quota is exceeded; free space or choose another output path",
+}
+"""Errors from writing outputs that are the user's to fix, not bugs: a message, not a trace."""
+
+
+def write_error_message(exc: OSError) -> str:
+    """Which path failed, why, and what to do; the outputs already written stay whole because
+    every writer writes to a temporary file and renames it."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write{where}: {exc.strerror}; {WRITE_ERRORS[exc.errno]}"
+
+
+def positive_int(text: str) -> int:
+    """argparse type for sizes and counts: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"layerwise: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        print(f"layerwise: error: {write_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("layerwise: interrupted", file=sys.stderr)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
-    from layerwise.compare import ComparisonPlan, PlannedRun
+    from layerwise.cells import Cell, ComparisonPlan
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="budget-matched comparison of profiles (the study's experiment)",
         description="Train each profile x seed with everything else identical and write the "
-        "study's table and figures. Rerunning skips finished runs and resumes interrupted ones.",
+        "study's table and figures. Rerunning skips finished runs and resumes interrupted ones; "
+        "it refuses to mix in runs made with other settings.",
     )
     parser.add_argument("config", help="YAML config shared by every run")
     parser.add_argument(
@@ -54,6 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="what --match-params equalises (default params)",
     )
     parser.add_argument("--out", required=True, help="directory for runs and report")
+    parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="delete and retrain the cells whose runs in --out were made with other settings "
+        "(without it, such runs stop the command before any training)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -71,9 +79,9 @@ def plan_from_args(args: argparse.Namespace) -> ComparisonPlan:
     )
 
 
-def announce(console: Console) -> Callable[[int, int, PlannedRun, str], None]:
-    def on_run(index: int, total: int, run: PlannedRun, status: str) -> None:
-        console.print(f"[bold][{index + 1}/{total}][/bold] {run.profile} seed {run.seed}: {status}")
+def announce(console: Console) -> Callable[[int, int, Cell, str], None]:
+    def on_run(index: int, total: int, cell: Cell, status: str) -> None:
+        console.print(f"[bold][{index + 1}/{total}][/bold] {escape(f'{cell.label}: {status}')}")
 
     return on_run
 
@@ -86,15 +94,18 @@ def print_report(console: Console, out: str) -> None:
     for row in rows:
         if row.verdict != "reference":
             console.print(f"- {row.verdict}")
-    console.print(f"report: {files.markdown}  table: {files.csv}  page: {files.html}")
+    console.print(
+        f"report: {files.markdown}  tables: {files.csv} (per profile), {files.runs_csv} "
+        f"(per run)  page: {files.html}"
+    )
     console.print(f"figures: {files.plots[0].parent}/ ({', '.join(p.name for p in files.plots)})")
 
 
 def run(args: argparse.Namespace) -> int:
-    return execute(Console(), plan_from_args(args))
+    return execute(Console(), plan_from_args(args), rerun_changed=args.rerun_changed)
 
 
-def execute(console: Console, plan: ComparisonPlan) -> int:
+def execute(console: Console, plan: ComparisonPlan, rerun_changed: bool = False) -> int:
     """Train the missing runs, then (on rank 0) write and print the report."""
     from layerwise.compare import is_main_process, run_comparison
     from layerwise.distributed import shutdown
@@ -102,7 +113,8 @@ def execute(console: Console, plan: ComparisonPlan) -> int:
 
     main_process = is_main_process(plan)
     try:
-        run_comparison(plan, announce(console) if main_process else lambda *_: None)
+        on_run = announce(console) if main_process else lambda *_: None
+        run_comparison(plan, on_run, rerun_changed=rerun_changed)
     except RunInterrupted as exc:
         console.print(f"layerwise: {exc}; rerun the same command to continue the comparison")
         return 128 + exc.signum

@@ -62,7 +62,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="first and last layer set to the reference layer",
     )
-    group.add_argument("--ffn-divisor", type=positive_int, help="round FFN widths to multiples of this")
+    group.add_argument(
+        "--ffn-divisor", type=positive_int, help="round FFN widths to multiples of this"
+    )
     group.add_argument("--vocab", type=positive_int, dest="vocab_size")
     group.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
     budget = parser.add_argument_group("budget (rescale the multipliers)")

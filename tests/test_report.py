@@ -1,0 +1,109 @@
+"""`layerwise report` from the files a comparison left: per-run numbers, the run details, damaged
+files named instead of a traceback, and no torch import."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerwise.cli import main
+from layerwise.rundir import RunSummary
+from test_compare import TINY
+
+PROFILES = ("isotropic", "crown")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
+    """A finished comparison of two profiles x two seeds, 4 steps each; copy it to change it."""
+    root = tmp_path_factory.mktemp("report")
+    config = root / "tiny.yaml"
+    config.write_text(TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
+    out = root / "cmp"
+    argv = ["compare", str(config), "--profiles", ",".join(PROFILES), "--seeds", "0,1"]
+    assert main([*argv, "--out", str(out), "train.steps=4"]) == 0
+    return out
+
+
+@pytest.fixture()
+def comparison(finished: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished, tmp_path / "cmp"))
+
+
+def test_runs_csv_has_one_row_per_run(finished: Path) -> None:
+    with open(finished / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["profile"], r["seed"]) for r in rows] == [
+        (profile, str(seed)) for seed in (0, 1) for profile in PROFILES
+    ]
+    for row in rows:
+        summary = RunSummary.load(finished / row["run_dir"] / "summary.json")
+        assert (summary.profile, str(summary.seed)) == (row["profile"], row["seed"])
+        assert float(row["final_val_ppl"]) == summary.final_val_ppl
+        assert float(row["final_val_loss"]) == summary.final_val_loss
+        assert float(row["tokens_per_s"]) == summary.mean_tokens_per_s
+        assert (int(row["params"]), int(row["steps"])) == (summary.params, 4)
+        assert int(row["tokens"]) == summary.tokens
+        assert row["mfu"] == ""  # not defined on a CPU: empty, NaN in pandas
+
+
+def test_the_html_report_has_the_run_details(finished: Path) -> None:
+    page = (finished / "report.html").read_text()
+    assert "Each run: 4 steps" in page and "Hardware:" in page
+    assert "Each run: 4 steps" in (finished / "report.md").read_text()
+
+
+def test_report_imports_no_torch() -> None:
+    code = "import sys, layerwise.report; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "text", ["{not json", '{"profiles": "crown"}', json.dumps({"config": 1, "profiles": []})]
+)
+def test_a_damaged_manifest_names_the_file_and_the_fix(
+    comparison: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (comparison / "comparison.json").write_text(text)
+    assert main(["report", str(comparison)]) == 2
+    err = capsys.readouterr().err
+    assert str(comparison / "comparison.json") in err and "rerun the `layerwise compare" in err
+
+
+def test_a_damaged_summary_names_the_file(
+    comparison: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = comparison / "crown" / "seed1" / "summary.json"
+    summary.write_text('{"run_dir": "x"}')
+    assert main(["report", str(comparison)]) == 2
+    assert f"{summary} is unreadable or not a run summary" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe binary \x00", b'{"type": "train", "step": 1}\n', b"[1, 2]\n", b""]
+)
+def test_an_unreadable_metrics_log_names_the_file(
+    comparison: Path, content: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = comparison / "isotropic" / "seed0" / "metrics.jsonl"
+    log.write_bytes(content)
+    assert main(["report", str(comparison)]) == 2
+    err = capsys.readouterr().err
+    assert str(log) in err and "rerun the compare command" in err
+
+
+def test_rerunning_compare_repairs_a_damaged_manifest(
+    finished: Path, comparison: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (comparison / "comparison.json").write_text("{not json")
+    config = finished.parent / "tiny.yaml"
+    argv = ["compare", str(config), "--profiles", ",".join(PROFILES), "--seeds", "0,1"]
+    assert main([*argv, "--out", str(comparison), "train.steps=4"]) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+    assert main(["report", str(comparison)]) == 0
