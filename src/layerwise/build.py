@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
-from layerwise.config import Config, ModelConfig
-from layerwise.data import TokenMeta, check_vocab_fits, read_meta
+from layerwise.checkpointing import choose_checkpoint, load_model_weights
+from layerwise.config import Config, ModelConfig, load_config
+from layerwise.data import META_FILE, TokenMeta, check_vocab_fits, read_meta
 from layerwise.distributed import DistInfo
 from layerwise.errors import UserError
 from layerwise.model import BlockOptions, Transformer
 from layerwise.profiles import BudgetResult, ModelShape, ProfileSpec, lookup_spec, resolve_shape
+from layerwise.rundir import CONFIG_FILE, TOKENIZER_DIR
 
 VOCAB_MULTIPLE = 64
 """`model.vocab_size: null` rounds the data's vocabulary up to this, for tensor-core-friendly shapes."""
@@ -130,3 +133,67 @@ def with_data_vocab(config: Config) -> Config:
     vocab_size = resolve_vocab_size(config.model, meta)
     check_vocab_fits(meta, vocab_size)
     return replace(config, model=replace(config.model, vocab_size=vocab_size))
+
+
+@dataclass
+class TrainedModel:
+    """A finished (or interrupted) run's model, unwrapped, with what it needs to be used."""
+
+    model: Transformer
+    shape: ModelShape
+    meta: TokenMeta
+    """The tokens the model was trained on: tokenizer, vocabulary, EOS (see layerwise.data)."""
+    config: Config
+    step: int
+    checkpoint: Path
+
+
+def load_model(
+    run_dir: str | Path, step: int | None = None, device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """The model of `run_dir` at checkpoint `step` (default: the newest that verifies), in eval
+    mode on `device`, as a plain `Transformer` whatever layout, precision or compilation it was
+    trained with. Its tokenizer comes from the run directory, so the data need not be there."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} holds no {CONFIG_FILE}: is it a run directory?")
+    config = load_config(run_dir / CONFIG_FILE)
+    choice = choose_checkpoint(run_dir, lambda found: None if step in (None, found) else "other")
+    if choice.path is None:
+        damaged = [f"{path.name}: {why}" for path, why in choice.skipped if why != "other"]
+        wanted = "no checkpoint" if step is None else f"no checkpoint of step {step}"
+        detail = f" that verifies ({'; '.join(damaged)})" if damaged else ""
+        raise UserError(f"{run_dir} has {wanted}{detail}; train it first (or pick another step)")
+    vocab_size = config.model.vocab_size
+    assert vocab_size is not None, "a run directory's config has its vocabulary resolved"
+    shape, _ = build_shape(config, vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(shape, config, torch.device(device))
+    load_model_weights(choice.path, model)
+    return TrainedModel(
+        model.eval(), shape, run_token_meta(run_dir, config), config, choice.step, choice.path
+    )
+
+
+def init_from(model: Transformer, shape: ModelShape, source: str) -> None:
+    """Copy the weights of the run directory `source` (`init.from`) into `model`, refusing a
+    source of another shape: fine-tuning starts from exactly the source's trained weights."""
+    trained = load_model(source)
+    if trained.shape != shape:
+        raise UserError(
+            f"init.from={source}: its model has another shape ({describe_shape(trained.shape)}) "
+            f"than this run's ({describe_shape(shape)}); use the same model settings and "
+            "tokenizer as the source run"
+        )
+    model.load_state_dict(trained.model.state_dict())
+
+
+def describe_shape(shape: ModelShape) -> str:
+    widths = ",".join(str(layer.d_ffn) for layer in shape.layers)
+    return f"d_model {shape.d_model}, vocab {shape.vocab_size}, d_ffn {widths}"
+
+
+def run_token_meta(run_dir: Path, config: Config) -> TokenMeta:
+    """The token meta a run recorded, else (runs from before it did) its data directory's."""
+    recorded = run_dir / TOKENIZER_DIR
+    return read_meta(recorded if (recorded / META_FILE).exists() else config.data.dir)

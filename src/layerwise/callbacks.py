@@ -88,7 +88,11 @@ class Validation(Callback):
 
 class Checkpointing(Callback):
     """A checkpoint every `interval` steps, at the steps in `protect` (kept from pruning), when
-    a signal stops the run, and at the end."""
+    a signal stops the run, and at the end.
+
+    It asks the trainer for the save, which happens once every callback has handled the step,
+    so the checkpoint holds every callback's state as of that step.
+    """
 
     def __init__(self, interval: int, keep: int, protect: Collection[int] = ()) -> None:
         self.interval, self.keep, self.protect = interval, keep, frozenset(protect)
@@ -101,14 +105,13 @@ class Checkpointing(Callback):
     def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         step = trainer.state.step
         if trainer.signal_received or step in self.protect or step % self.interval == 0:
-            self.save(trainer)
+            trainer.request_checkpoint(self.keep, self.protect)
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self.saved_step != trainer.state.step:
-            self.save(trainer)
+            trainer.request_checkpoint(self.keep, self.protect)
 
-    def save(self, trainer: Trainer) -> None:
-        trainer.save_checkpoint(self.keep, self.protect)
+    def on_checkpoint_saved(self, trainer: Trainer, path: Path) -> None:
         self.saved_step = trainer.state.step
 
 

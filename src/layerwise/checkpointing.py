@@ -32,7 +32,12 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from layerwise.distributed import DistInfo, barrier
 from layerwise.errors import UserError
@@ -260,6 +265,21 @@ def _prune(run_dir: Path, keep: int, protect: Collection[int] = ()) -> None:
             shutil.rmtree(path)
     for path in (run_dir / CHECKPOINT_DIR).glob("*.tmp"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def load_model_weights(path: Path, model: nn.Module) -> None:
+    """Load only the model's weights from the checkpoint in `path` (no optimizer, no state):
+    for evaluation, analysis, export, or a new run that starts from trained weights."""
+    state = get_model_state_dict(model)
+    try:
+        with _quiet_single_process():
+            dcp.load({"model": state}, checkpoint_id=path)
+    except Exception as exc:
+        raise UserError(
+            f"checkpoint {path} could not be loaded into this model ({_cause(exc)}); was it "
+            "written by another config?"
+        ) from None
+    set_model_state_dict(model, state)
 
 
 def load_checkpoint(

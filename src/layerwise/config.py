@@ -150,6 +150,15 @@ class RunConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where a run's weights start: fresh (seeded) or another run's trained weights."""
+
+    from_: str | None = field(default=None, metadata={"key": "from"})
+    """A run directory to start from (its newest valid checkpoint), with a fresh optimizer and
+    schedule: fine-tuning, or continuing on other data. Its shape must equal this run's."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -158,6 +167,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -269,6 +279,12 @@ def _merge(into: dict[str, dict], other: Mapping[str, Mapping]) -> None:
         into.setdefault(section, {}).update(body)
 
 
+def field_key(f: dataclasses.Field) -> str:
+    """The key users write for a field: its name, or `metadata["key"]` where the name is a
+    Python keyword (`init.from` is the field `from_`)."""
+    return f.metadata.get("key", f.name)
+
+
 def _section_types() -> dict[str, type]:
     return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 
@@ -280,7 +296,7 @@ def _check_key(section: str, key: str, source: str) -> None:
             f"{source}: unknown section {section!r}{_did_you_mean(section, sections)}; "
             f"valid sections: {', '.join(sections)}"
         )
-    valid = [f.name for f in dataclasses.fields(sections[section])]
+    valid = [field_key(f) for f in dataclasses.fields(sections[section])]
     if key not in valid:
         raise UserError(
             f"{source}: unknown key {section}.{key}{_did_you_mean(key, valid)}; "
@@ -309,14 +325,14 @@ def config_from_dict(
         hints = typing.get_type_hints(cls)
         kwargs = {
             f.name: _coerce(
-                given[f.name],
+                given[field_key(f)],
                 hints[f.name],
                 f.metadata,
-                f"{section}.{f.name}",
-                sources.get(f"{section}.{f.name}", default_source),
+                f"{section}.{field_key(f)}",
+                sources.get(f"{section}.{field_key(f)}", default_source),
             )
             for f in dataclasses.fields(cls)
-            if f.name in given
+            if field_key(f) in given
         }
         sections[section] = cls(**kwargs)
     config = Config(**sections)
@@ -558,12 +574,16 @@ def total_steps(config: Config) -> int:
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """Plain `{section: {key: value}}` (lists, not tuples), loadable again by config_from_dict."""
     return {
-        f.name: {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(getattr(config, f.name)).items()
+        section.name: {
+            field_key(f): _plain(getattr(getattr(config, section.name), f.name))
+            for f in dataclasses.fields(getattr(config, section.name))
         }
-        for f in dataclasses.fields(config)
+        for section in dataclasses.fields(config)
     }
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def dump_config(config: Config) -> str:
@@ -574,7 +594,9 @@ def dump_config(config: Config) -> str:
 def is_operational(section: str, key: str) -> bool:
     """Whether `section.key` may differ between a run and its resumption (see _OPERATIONAL)."""
     cls = _section_types()[section]
-    return any(f.name == key and f.metadata.get("operational") for f in dataclasses.fields(cls))
+    return any(
+        field_key(f) == key and f.metadata.get("operational") for f in dataclasses.fields(cls)
+    )
 
 
 def experiment_dict(config: Config) -> dict[str, dict[str, Any]]:

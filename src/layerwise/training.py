@@ -34,6 +34,7 @@ from layerwise.build import (
     build_model,
     build_shape,
     compute_dtype,
+    init_from,
     parallel_strategy,
     with_data_vocab,
 )
@@ -155,8 +156,11 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     train_windows = open_split(config.data.dir, "train", config.data.seq_len)
     val_windows = open_split(config.data.dir, "val", config.data.seq_len)
     dtype = compute_dtype(config.run.precision, dist.device)
+    model = build_model(shape, config, dist.device)
+    if checkpoint is None and config.init.from_ is not None:
+        init_from(model, shape, config.init.from_)
     model = parallelize(
-        build_model(shape, config, dist.device),
+        model,
         dist,
         parallel_strategy(config, dist),
         compile=config.run.compile,
@@ -207,6 +211,7 @@ class Trainer:
         self.run, self.callbacks = run, list(callbacks)
         self.signal_received = False
         self.stop_reason: str | None = None
+        self._checkpoint_request: tuple[int, frozenset[int]] | None = None
         self.last_checkpoint: Path | None = None
         self._clock = time.perf_counter()
         self._wall_before = run.state.wall_time_s
@@ -226,6 +231,10 @@ class Trainer:
     @property
     def is_last_step(self) -> bool:
         return self.state.step == self.steps
+
+    def request_checkpoint(self, keep: int, protect: Collection[int] = ()) -> None:
+        """Save a checkpoint once every callback has handled the current event."""
+        self._checkpoint_request = (keep, frozenset(protect))
 
     def request_stop(self, reason: str) -> None:
         """End the run cleanly after the current step (checkpoint and summary included)."""
@@ -306,6 +315,10 @@ class Trainer:
     def _emit(self, event: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, event)(self, *args)
+        if self._checkpoint_request is not None:
+            keep, protect = self._checkpoint_request
+            self._checkpoint_request = None
+            self.save_checkpoint(keep, protect)
 
 
 def builtin_callbacks(run: Run) -> list[Callback]:
