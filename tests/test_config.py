@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from layerwise.config import (
     Config,
+    _coerce,
     batch_plan,
     config_hash,
     dump_config,
@@ -239,3 +241,15 @@ def test_experiment_keys_are_decided_per_field() -> None:
     assert config_hash(base) == config_hash(operational)
     precision = load_config(CONFIGS / "tiny-crown.yaml", ["run.precision=bf16"])
     assert experiment_differences(base, precision) == ["run.precision"]
+
+
+def test_mappings_and_lists_of_mappings_are_typed_values() -> None:
+    """Later features keep task lists, variants and search spaces in configs."""
+    variants = [{"name": "12l", "overrides": {"model.n_layers": 12}}]
+    assert _coerce(variants, list[dict[str, Any]], {}, "x.variants", "t.yaml") == variants
+    assert _coerce({"a": 1}, dict[str, int], {}, "x.sizes", "t.yaml") == {"a": 1}
+    with pytest.raises(UserError, match=r"t\.yaml: x\.variants = .* must be a list of mappings"):
+        _coerce(variants[0], list[dict[str, Any]], {}, "x.variants", "t.yaml")
+    config = load_config(CONFIGS / "tiny-crown.yaml", ["eval.tasks=[arc_easy, piqa]"])
+    assert config.eval.tasks == ["arc_easy", "piqa"]
+    assert config_hash(config) == config_hash(load_config(CONFIGS / "tiny-crown.yaml"))

@@ -150,6 +150,20 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Downstream tasks scored during training (layerwise.evaluation): none by default."""
+
+    tasks: list[str] | None = field(default=None, metadata=_OPERATIONAL)
+    """Task names, or ["core"] / ["all"]; see `layerwise eval --help`."""
+    interval: int | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(1)})
+    """Score every this many steps (and at step 0 and the end); null: at validation steps."""
+    limit: int | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(1)})
+    """At most this many examples per task, for quick in-loop signals."""
+    dir: str | None = field(default=None, metadata=_OPERATIONAL)
+    """The evaluation sets; null: ../shared/evals beside the checkout when present."""
+
+
+@dataclass
 class InitConfig:
     """Where a run's weights start: fresh (seeded) or another run's trained weights."""
 
@@ -168,6 +182,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -370,6 +385,15 @@ def _convert(value: Any, annotation: Any, count: bool) -> Any:
             except _Mismatch:
                 continue
         raise _Mismatch
+    if annotation is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        key_type, value_type = args
+        return {
+            _convert(k, key_type, count): _convert(v, value_type, count) for k, v in value.items()
+        }
     if origin is Literal:
         if value in args and not isinstance(value, bool):
             return value
@@ -445,6 +469,10 @@ def _describe(annotation: Any, count: bool) -> str:
         return f"a list of {len(args)} " + _plural(args[0])
     if origin is list:
         return "a list of " + _plural(args[0])
+    if origin is dict:
+        return "a mapping of " + _plural(args[0]) + " to " + _plural(args[1])
+    if annotation is Any:
+        return "any value"
     names = {
         type(None): "null",
         bool: "true or false",
@@ -456,7 +484,9 @@ def _describe(annotation: Any, count: bool) -> str:
 
 
 def _plural(annotation: Any) -> str:
-    return {float: "numbers", int: "integers", str: "strings"}[annotation]
+    if typing.get_origin(annotation) is dict:
+        return "mappings"
+    return {float: "numbers", int: "integers", str: "strings", Any: "values"}[annotation]
 
 
 def _check_bounds(value: Any, metadata: Mapping, key: str, where: str) -> None:
