@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise.data import ReadStats, default_workers, prepare, read_documents, resolve_inputs
+from layerwise.data import default_workers, prepare, resolve_inputs
+from layerwise.readers import ReadStats, read_documents
 from layerwise.tokenizer import load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -22,12 +22,12 @@ from layerwise.cli import data as cli_data
 from layerwise.data import (
     check_vocab_fits,
     prepare,
-    python_docs_documents,
     read_meta,
     token_dtype,
 )
 from layerwise.errors import UserError
 from layerwise.inputs import PYTHON_DOCS, resolve_inputs, stdlib_python_files, stdlib_root
+from layerwise.readers import python_docs_documents
 from layerwise.tokenizer import load_tokenizer
 
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
