@@ -111,9 +111,8 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
     if choice.path is None:
         if choice.skipped:
             raise UserError(
-                f"no usable checkpoint in {run_dir / CHECKPOINT_DIR}: "
-                + "; ".join(f"{p.name}: {why}" for p, why in choice.skipped)
-                + ". Start over with --overwrite or choose another run.dir"
+                f"no usable checkpoint in {run_dir / CHECKPOINT_DIR}: {grouped(choice.skipped)}. "
+                "Start over with --overwrite or choose another run.dir"
             )
         notes.append(f"--resume: {run_dir} has no checkpoint yet; starting at step 0")
         return ResumePoint(notes=notes)
@@ -124,6 +123,14 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
     return ResumePoint(choice.path, choice.step, notes)
 
 
+def grouped(skipped: list[tuple[Path, str]]) -> str:
+    """`step_2, step_1: reason; step_0: other reason`, each reason said once."""
+    names: dict[str, list[str]] = {}
+    for path, reason in skipped:
+        names.setdefault(reason, []).append(path.name)
+    return "; ".join(f"{', '.join(paths)}: {reason}" for reason, paths in names.items())
+
+
 def schedule_check(
     optim: OptimConfig, old_steps: int, new_steps: int
 ) -> Callable[[int], str | None]:
@@ -131,6 +138,13 @@ def schedule_check(
     if old_steps == new_steps:
         return lambda step: None
     agree = first_divergence(optim, old_steps, new_steps)
+    why = ""
+    if (
+        optim.warmup_fraction is not None
+        and agree < max(old_steps, new_steps) * optim.warmup_fraction
+    ):
+        why = " (optim.warmup_fraction makes the warmup change with the length; give warmup in "
+        why += "optim.warmup_steps for runs you will extend)"
 
     def unusable(step: int) -> str | None:
         if step > new_steps:
@@ -138,7 +152,7 @@ def schedule_check(
         if step > agree:
             return (
                 f"its learning rates differ from a {new_steps:,}-step {optim.schedule} schedule "
-                f"after step {agree:,}"
+                f"after step {agree:,}{why}"
             )
         return None
 
