@@ -50,6 +50,8 @@ class RunSummary:
     config_hash: str
     stopped_early: str | None = None
     """Why a callback ended the run before its last step (e.g. a pruned search trial)."""
+    downstream: dict[str, Any] | None = None
+    """The last downstream scores (`{"step", "tokens", "tasks"}`), when eval.tasks is set."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
