@@ -1,0 +1,148 @@
+"""`layerwise export`: a run's checkpoint as a Hugging Face model directory, loadable offline.
+
+An isotropic model becomes a native `Olmo2ForCausalLM`; a layer-wise one ships the remote-code
+module `modeling_layerwise_olmo2.py` beside its weights. Either way the directory also holds the
+run's tokenizer (tokenizer.json plus a tokenizer_config.json naming EOS), so
+`AutoTokenizer.from_pretrained(DIR)` needs nothing else. The directory is written under a
+temporary name and renamed when complete: a directory with the output's name is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerwise.build import block_options, load_model
+from layerwise.errors import UserError
+from layerwise.hf.convert import (
+    MODELING_FILE,
+    PROFILE_KEY,
+    hf_config,
+    is_isotropic,
+    to_hf_state,
+)
+from layerwise.rundir import TOKENIZER_DIR
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    native: bool
+    """True: a native Olmo2 checkpoint; False: layer-wise, loaded with trust_remote_code."""
+    step: int
+
+    def loading_code(self) -> str:
+        """The Python that loads the export and generates from it. A layer-wise export's
+        tokenizer gets trust_remote_code too: AutoTokenizer reads config.json, and would otherwise
+        ask on the terminal whether to run the model's code."""
+        remote = "" if self.native else ", trust_remote_code=True"
+        return "\n".join(
+            [
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                f'tokenizer = AutoTokenizer.from_pretrained("{self.out}"{remote})',
+                f'model = AutoModelForCausalLM.from_pretrained("{self.out}"{remote})',
+                'inputs = tokenizer("The meaning of life is", return_tensors="pt")',
+                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))",
+            ]
+        )
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    step: int | None = None,
+    dtype: str = "fp32",
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write the run's model (checkpoint `step`, default the newest) to `out` as an HF model."""
+    from safetensors.torch import save_file
+
+    run_dir, out = Path(run_dir), Path(out)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    check_output_dir(out, overwrite)
+    trained = load_model(run_dir, step)
+    tokenizer = run_dir / TOKENIZER_DIR / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        raise UserError(
+            f"{tokenizer} not found: the run's data was prepared without a tokenizer.json, so "
+            "the export could not be used with AutoTokenizer; prepare the data with a tokenizer"
+        )
+    eos_id = trained.meta.eos_id
+    config = hf_config(trained.shape, block_options(trained.config), eos_id, DTYPES[dtype])
+    config[PROFILE_KEY] = trained.config.model.profile
+    tensors = to_hf_state(trained.model.state_dict(), trained.shape)
+    tmp = out.with_name(f"{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(
+            {k: v.to(DTYPES[dtype]) for k, v in tensors.items()},
+            tmp / WEIGHTS_FILE,
+            metadata={"format": "pt"},
+        )
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "generation_config.json", generation_config(eos_id))
+        shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+        write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer, eos_id, config))
+        if not is_isotropic(trained.shape):
+            shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return ExportResult(out, is_isotropic(trained.shape), trained.step)
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing directory unless asked, and never one that is not an
+    export (no config.json), so a typo cannot delete unrelated files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory path")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
+    if not (out / "config.json").is_file():
+        raise UserError(
+            f"--out {out} is not empty and holds no config.json (not an export); refusing to "
+            "replace it with --overwrite. Choose another directory"
+        )
+
+
+def generation_config(eos_id: int) -> dict[str, Any]:
+    return {"eos_token_id": eos_id, "pad_token_id": eos_id, "do_sample": False}
+
+
+def tokenizer_config(tokenizer: Path, eos_id: int, config: dict[str, Any]) -> dict[str, Any]:
+    """What AutoTokenizer needs beside tokenizer.json: the fast tokenizer class and EOS (also
+    used for padding, since the run's tokenizer has no pad token)."""
+    from tokenizers import Tokenizer
+
+    eos = Tokenizer.from_file(str(tokenizer)).id_to_token(eos_id)
+    if eos is None:
+        raise UserError(f"{tokenizer}: the run's EOS id {eos_id} is not in its vocabulary")
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": eos,
+        "pad_token": eos,
+        "model_max_length": config["max_position_embeddings"],
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

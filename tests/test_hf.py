@@ -1,0 +1,185 @@
+"""Hugging Face interop: exports load in transformers with our logits, import round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+from layerwise.build import block_options, build_shape, load_model  # noqa: E402
+from layerwise.callbacks import Callback  # noqa: E402
+from layerwise.checkpointing import TrainerState, save_checkpoint  # noqa: E402
+from layerwise.cli import main  # noqa: E402
+from layerwise.config import config_from_dict, load_config  # noqa: E402
+from layerwise.distributed import DistInfo  # noqa: E402
+from layerwise.errors import UserError  # noqa: E402
+from layerwise.hf.export import export_run  # noqa: E402
+from layerwise.hf.generate import generate  # noqa: E402
+from layerwise.hf.importer import import_hf, write_run_files  # noqa: E402
+from layerwise.model import Transformer  # noqa: E402
+from layerwise.optim import build_optimizer  # noqa: E402
+from layerwise.tokenizer import load_tokenizer, train_bpe  # noqa: E402
+from layerwise.training import Trainer, train  # noqa: E402
+
+CPU = torch.device("cpu")
+BASE = {"n_layers": 3, "head_dim": 8, "gqa_group": 2, "ffn_divisor": 16, "vocab_size": 320}
+SHAPES = {
+    "isotropic": {"profile": "isotropic", "d_model": 32, **BASE},
+    "layerwise": {"profile": "vanilla", "d_model": 64, **BASE},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    texts = [f"the quick brown fox jumps over the lazy dog {i}" for i in range(100)]
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    train_bpe(300, texts).save(path)
+    return path
+
+
+def make_run(run_dir: Path, model_settings: dict[str, Any], tokenizer_file: Path) -> Transformer:
+    """A run directory holding a random model (norm weights randomised) at step 5."""
+    values = {
+        "model": model_settings,
+        "data": {"seq_len": 64},
+        "batch": {"global_batch": 8},
+        "train": {"steps": 10},
+        "run": {"dir": str(run_dir)},
+    }
+    config = config_from_dict(values)
+    shape, _ = build_shape(config, 320)
+    torch.manual_seed(0)
+    model = Transformer(shape, block_options(config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    write_run_files(run_dir, config, load_tokenizer(tokenizer_file), tokenizer_file)
+    optimizer = build_optimizer(model, config.optim, CPU)
+    state = TrainerState(step=5, sampler={"epoch": 0, "cursor": 0})
+    save_checkpoint(run_dir, model, optimizer, state, DistInfo(0, 0, 1, CPU), keep=2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tokenizer_file: Path
+) -> tuple[str, Transformer, Path, Any]:
+    root = tmp_path_factory.mktemp(request.param)
+    model = make_run(root / "run", SHAPES[request.param], tokenizer_file)
+    assert main(["export", str(root / "run"), "--out", str(root / "hf")]) == 0
+    remote = request.param == "layerwise"
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(
+        str(root / "hf"), trust_remote_code=remote, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    return request.param, model, root, hf.eval()
+
+
+@torch.no_grad()
+def test_transformers_gives_our_logits(exported: tuple[str, Transformer, Path, Any]) -> None:
+    name, model, root, hf = exported
+    config = json.loads((root / "hf" / "config.json").read_text())
+    if name == "isotropic":
+        assert type(hf).__name__ == "Olmo2ForCausalLM" and config["model_type"] == "olmo2"
+    else:
+        assert config["model_type"] == "layerwise_olmo2" and "auto_map" in config
+        assert config["num_key_value_heads_per_layer"] != [2, 2, 2]
+    tokens = torch.randint(0, 320, (2, 24))
+    assert torch.allclose(hf(tokens).logits, model(tokens), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_greedy_generation_and_padding_agree(exported: tuple[str, Transformer, Path, Any]) -> None:
+    name, model, root, hf = exported
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(root / "hf"), trust_remote_code=name == "layerwise"
+    )
+    assert tokenizer.eos_token == "<|endoftext|>"
+    prompt = tokenizer("the quick brown", return_tensors="pt")
+    theirs = hf.generate(**prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    new = theirs[0, prompt["input_ids"].shape[1] :].tolist()
+    assert generate(model, [prompt["input_ids"][0].tolist()], 12) == [new]
+    padded = torch.tensor([[0, 0, 0, *prompt["input_ids"][0].tolist()]])
+    mask = (torch.arange(padded.shape[1]) >= 3).long()[None]
+    last = hf(padded, attention_mask=mask).logits[0, -1]
+    assert torch.allclose(last, hf(**prompt).logits[0, -1], atol=1e-5, rtol=0)
+
+
+def test_the_cli_generates_what_transformers_does(
+    exported: tuple[str, Transformer, Path, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, model, root, _ = exported
+    for source in (root / "run", root / "hf"):
+        args = ["generate", str(source), "--prompt", "the lazy", "--temperature", "0"]
+        assert main([*args, "--max-new-tokens", "6", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        expected = generate(model, [result["prompt_ids"]], 6, eos_id=0)[0]
+        assert result["ids"] == expected and isinstance(result["text"], str)
+
+
+def test_export_import_export_round_trips(
+    exported: tuple[str, Transformer, Path, Any],
+) -> None:
+    name, model, root, _ = exported
+    import_hf(root / "hf", root / "imported")
+    trained = load_model(root / "imported")
+    assert trained.shape == model.shape and trained.step == 0
+    assert trained.config.model.profile == SHAPES[name]["profile"]
+    export_run(root / "imported", root / "again")
+    first = safetensors_torch.load_file(str(root / "hf" / "model.safetensors"))
+    again = safetensors_torch.load_file(str(root / "again" / "model.safetensors"))
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+class Snapshot(Callback):
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.weights = {k: v.clone() for k, v in trainer.run.model.state_dict().items()}
+
+
+def test_imported_runs_train_and_init_from_takes_hf_dirs(
+    tmp_path: Path, tokenizer_file: Path, markov_data: Path
+) -> None:
+    make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
+    export_run(tmp_path / "run", tmp_path / "hf")
+    settings = [f"data.dir={markov_data}", "data.seq_len=16", "train.steps=2", "run.device=cpu"]
+    settings += ["batch.global_batch=4", "batch.micro_batch=4", "run.progress=false"]
+    import_hf(tmp_path / "hf", tmp_path / "imported", overrides=settings)
+    summary = train(load_config(tmp_path / "imported" / "config.yaml", ["run.resume=auto"]))
+    assert summary.steps == 2
+    snapshot = Snapshot()
+    overrides = [f"init.from={tmp_path / 'hf'}", f"run.dir={tmp_path / 'tuned'}"]
+    train(load_config(tmp_path / "imported" / "config.yaml", overrides), [snapshot])
+    source = load_model(tmp_path / "run").model.state_dict()
+    assert all(torch.equal(snapshot.weights[k], source[k]) for k in source)
+
+
+def test_bad_input_is_named(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    make_run(run, SHAPES["isotropic"], tokenizer_file)
+    empty = tmp_path / "untrained"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((run / "config.yaml").read_text())
+    assert main(["export", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert f"{empty} has no checkpoint" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("")
+    assert main(["export", str(run), "--out", str(tmp_path / "taken")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert main(["import", str(llama), "--out", str(tmp_path / "r")]) == 2
+    assert f"{llama}/config.json: model_type 'llama'" in capsys.readouterr().err
+    export_run(run, tmp_path / "hf")
+    with pytest.raises(UserError, match="change the checkpoint's shape"):
+        import_hf(tmp_path / "hf", tmp_path / "r", overrides=["model.d_model=64"])
