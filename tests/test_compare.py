@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from layerwise.build import build_shape
 from layerwise.cells import plan_cells
 from layerwise.cli import main
 from layerwise.compare import make_plan, prepare
+from layerwise.config import load_config
 from layerwise.errors import UserError
 from layerwise.metrics import read_records
+from layerwise.profiles import total_params
 from layerwise.rundir import RunSummary
 
 TINY = """
@@ -92,7 +95,7 @@ def test_compare_writes_the_table_csv_and_figures(
     )
 
     report = (out / "report.md").read_text()
-    assert "± " in report and "seed-to-seed spread" in report
+    assert "± " in report and "95% Student-t interval" in report
     for name in (
         "train_loss",
         "train_loss_zoom",
@@ -291,3 +294,103 @@ def test_a_cell_is_finished_only_if_its_summary_matches_the_plan(
     path = out / "isotropic" / "seed0" / "summary.json"
     path.write_text(path.read_text().replace(run.finished_summary().config_hash, "0" * 16))
     assert run.finished_summary() is None
+
+
+VARIANTS = ["--variant", "3l:model.n_layers=3", "--variant", "4l:model.n_layers=4"]
+
+
+@pytest.fixture(scope="module")
+def variant_grid(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
+    """2 variants x 2 profiles x 2 seeds, 4 steps each, matched to 4l's isotropic model."""
+    root = tmp_path_factory.mktemp("variants")
+    config = root / "tiny.yaml"
+    config.write_text(TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
+    argv = ["compare", str(config), "--profiles", "isotropic,crown", "--seeds", "0,1", *VARIANTS]
+    steps = ["train.steps=4", "train.val_interval=2"]
+    assert main([*argv, "--match-variant", "4l", "--out", str(root / "cmp"), *steps]) == 0
+    return root / "cmp"
+
+
+def test_a_variant_grid_runs_end_to_end(variant_grid: Path) -> None:
+    runs = {
+        (v, p, s): RunSummary.load(variant_grid / v / p / f"seed{s}" / "summary.json")
+        for v in ("3l", "4l")
+        for p in ("isotropic", "crown")
+        for s in (0, 1)
+    }
+    assert {len(r.layers) for k, r in runs.items() if k[0] == "3l"} == {3}
+    with open(variant_grid / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["profile"]) for r in rows] == [
+        ("3l", "isotropic"),
+        ("3l", "crown"),
+        ("4l", "isotropic"),
+        ("4l", "crown"),
+    ]
+    assert rows[2]["verdict"] == "reference"
+    for row in rows[:2] + rows[3:]:
+        diffs = [
+            runs[row["variant"], row["profile"], s].final_val_loss
+            - runs["4l", "isotropic", s].final_val_loss
+            for s in (0, 1)
+        ]
+        assert float(row["val_loss_diff"]) == pytest.approx(sum(diffs) / 2)
+        assert float(row["val_loss_diff_low"]) < float(row["val_loss_diff"])
+        assert row["verdict"] in ("better", "worse", "not distinguishable at 95%")
+    report = (variant_grid / "report.md").read_text()
+    assert "| 3l | crown |" in report and "4l/isotropic" in report
+    png = variant_grid / "figures" / "val_ppl_variants.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and "figures/val_ppl_variants.png" in report
+
+
+def test_budgets_match_across_variants_within_half_a_percent(
+    tiny_config_file, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The study's 12- vs 18-layer case at its width, the variants given as a YAML block: every
+    cell is rescaled to the 18-layer isotropic model's parameter count."""
+    block = "compare:\n  variants:\n    12l: {model.n_layers: 12}\n    18l: {model.n_layers: 18}\n"
+    wide = ["model.d_model=768", "model.head_dim=64", "model.gqa_group=3", "model.ffn_divisor=256"]
+    config = tiny_config_file(TINY + block)
+    cells = ["isotropic", "crown"], [0], tmp_path
+    plan = make_plan(str(config), *cells, overrides=wide, match_variant="18l")
+    assert list(plan.variants) == ["12l", "18l"]
+    runs, _ = prepare(plan, world_size=1, rerun_changed=False)
+    target = total_params(build_shape(runs[2].config, 64)[0])  # 18l isotropic
+    for run in runs:
+        shape, _ = build_shape(run.config, 64)
+        assert abs(total_params(shape) / target - 1) <= 0.005, run.cell.label
+    assert {run.config.model.n_layers for run in runs} == {12, 18}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--variant", "a b:model.n_layers=3"], "variant name"),
+        (["--variant", "3l"], "NAME:section.key=value"),
+        (["--variant", "3l:train.seed=3"], "set by the grid"),
+        (["--variant", "3l:model.n_layer=3"], "did you mean 'n_layers'"),
+        (["--variant", "3l:model.n_layers=3", "--match-variant", "9l"], "--match-variant"),
+    ],
+)
+def test_bad_variants_fail_before_training(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), "--profiles", "isotropic", *flags, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fine_tuning_transfer_starts_every_cell_from_its_source(
+    variant_grid: Path, tiny_config_file, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    config = tiny_config_file(TINY)
+    out = tmp_path / "ft"
+    argv = ["compare", str(config), "--init-from", str(variant_grid), "--out", str(out)]
+    assert main([*argv, "train.steps=2", "train.val_interval=2", "optim.warmup_steps=0"]) == 0
+    saved = load_config(out / "3l" / "crown" / "seed1" / "config.yaml")
+    assert saved.init.from_ == str((variant_grid / "3l" / "crown" / "seed1").resolve())
+    assert saved.model.n_layers == 3 and saved.model.target_params is not None
+    report = (out / "report.md").read_text()
+    assert "## Fine-tuning transfer" in report and "| 3l/crown |" in report
+    assert main([*argv, "--seeds", "0"]) == 2  # the grid comes from the source

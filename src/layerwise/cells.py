@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,14 @@ class Axis:
     label: str
 
 
-AXES = {"profile": Axis("{}", "{}"), "seed": Axis("seed{}", "seed {}")}
-"""The grid's axes in directory order: a cell's run lives in `OUT/<profile>/seed<k>/`."""
+AXES = {
+    "variant": Axis("{}", "{}"),
+    "profile": Axis("{}", "{}"),
+    "seed": Axis("seed{}", "seed {}"),
+}
+"""The grid's axes in directory order: a cell's run lives in `OUT/<variant>/<profile>/seed<k>/`,
+or `OUT/<profile>/seed<k>/` in a comparison without variants (a cell lacks the axes its plan
+does not vary)."""
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,34 @@ class ComparisonPlan:
     match_by: str
     out: Path
     overrides: tuple[str, ...]
+    variants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Named sets of overrides, crossed with profiles and seeds; empty: no variant axis."""
+    match_variant: str | None = None
+    """Match every cell to `match` in this variant (a parameter count shared across variants)."""
+    target_params: int | None = None
+    """That count, resolved by `layerwise compare` before training and saved for the report."""
+    init_from: str | None = None
+    """A finished comparison whose runs this one fine-tunes, cell for cell."""
+
+    @property
+    def reference(self) -> Mapping[str, str]:
+        """The cell every row is compared with: `match` (else isotropic or the first profile)
+        in `match_variant` (else the first variant)."""
+        profile = self.match or ("isotropic" if "isotropic" in self.profiles else self.profiles[0])
+        if not self.variants:
+            return {"profile": profile}
+        return {"variant": self.match_variant or next(iter(self.variants)), "profile": profile}
 
 
 def cell_path(axes: Mapping[str, str | int]) -> str:
-    """`crown/seed0`: the directory of the cell at `axes`, relative to OUT; the one place that
-    decides the layout."""
-    return "/".join(AXES[axis].directory.format(axes[axis]) for axis in AXES)
+    """`crown/seed0` or `12l/crown/seed0`: the directory of the cell at `axes`, relative to OUT;
+    the one place that decides the layout."""
+    return "/".join(AXES[axis].directory.format(axes[axis]) for axis in AXES if axis in axes)
+
+
+def row_label(axes: Mapping[str, str | int]) -> str:
+    """`crown` or `12l/crown`: a row of the table (a cell without its seed), in figures too."""
+    return "/".join(str(axes[axis]) for axis in AXES if axis in axes and axis != "seed")
 
 
 @dataclass(frozen=True)
@@ -66,7 +94,15 @@ class Cell:
     @property
     def label(self) -> str:
         """`crown seed 0`, for messages."""
-        return " ".join(AXES[axis].label.format(self.axes[axis]) for axis in AXES)
+        return " ".join(AXES[a].label.format(self.axes[a]) for a in AXES if a in self.axes)
+
+    @property
+    def row(self) -> str:
+        return row_label(self.axes)
+
+    @property
+    def variant(self) -> str | None:
+        return None if "variant" not in self.axes else str(self.axes["variant"])
 
     @property
     def profile(self) -> str:
@@ -79,27 +115,40 @@ class Cell:
 
 def make_cell(plan: ComparisonPlan, axes: Mapping[str, str | int]) -> Cell:
     """The cell at `axes` under `plan`'s settings, also for axes the plan does not list (a cell
-    an earlier command trained), so that its run can be checked against these settings."""
-    profile, seed = str(axes["profile"]), int(axes["seed"])
+    an earlier command trained), so that its run can be checked against these settings.
+
+    A fine-tuning cell takes its model from its source run (see `layerwise.compare`) and starts
+    from its weights; its variant is only a name there.
+    """
     run_dir = plan.out / cell_path(axes)
-    match = "null" if plan.match in (None, profile) else plan.match
+    grid = (f"train.seed={int(axes['seed'])}", f"run.dir={run_dir}", "run.resume=auto")
+    if plan.init_from is not None:
+        source = Path(plan.init_from) / cell_path(axes)
+        return Cell(dict(axes), run_dir, (*plan.overrides, f"init.from={source}", *grid))
+    profile = str(axes["profile"])
+    variant = plan.variants.get(str(axes["variant"]), ()) if "variant" in axes else ()
+    if plan.target_params is not None:
+        budget: tuple[str, ...] = ("model.match=null", f"model.target_params={plan.target_params}")
+    else:
+        budget = (f"model.match={'null' if plan.match in (None, profile) else plan.match}",)
     overrides = (
         *plan.overrides,
+        *variant,
         f"model.profile={profile}",
-        f"model.match={match}",
+        *budget,
         f"model.match_by={plan.match_by}",
-        f"train.seed={seed}",
-        f"run.dir={run_dir}",
-        "run.resume=auto",
+        *grid,
     )
-    return Cell({"profile": profile, "seed": seed}, run_dir, overrides)
+    return Cell(dict(axes), run_dir, overrides)
 
 
 def plan_cells(plan: ComparisonPlan) -> list[Cell]:
     """The grid in the order it is trained: seed-major, so a partial comparison has whole seeds."""
+    variants: list[dict[str, str]] = [{"variant": v} for v in plan.variants] or [{}]
     return [
-        make_cell(plan, {"profile": profile, "seed": seed})
+        make_cell(plan, {**variant, "profile": profile, "seed": seed})
         for seed in plan.seeds
+        for variant in variants
         for profile in plan.profiles
     ]
 
@@ -107,6 +156,7 @@ def plan_cells(plan: ComparisonPlan) -> list[Cell]:
 def write_manifest(plan: ComparisonPlan) -> Path:
     manifest = asdict(plan)
     manifest["out"] = str(plan.out)
+    manifest["variants"] = {name: list(values) for name, values in plan.variants.items()}
     return atomic_write_json(plan.out / MANIFEST_FILE, manifest)
 
 
@@ -129,9 +179,14 @@ def read_plan(out: Path) -> ComparisonPlan:
 
 
 def _plan_from_manifest(manifest: dict[str, Any], out: Path) -> ComparisonPlan:
+    """The plan a manifest describes; keys added since (variants, fine-tuning) are optional, so
+    comparisons made before them still report."""
     match = manifest["match"]
     if match is not None and not isinstance(match, str):
         raise TypeError(f"match must be a profile name or null, not {match!r}")
+    variants = manifest.get("variants", {})
+    if not isinstance(variants, dict):
+        raise TypeError(f"variants must be a mapping, not {variants!r}")
     return ComparisonPlan(
         config=_checked(manifest["config"], str, "config"),
         profiles=_list_of(manifest["profiles"], str, "profiles"),
@@ -140,7 +195,15 @@ def _plan_from_manifest(manifest: dict[str, Any], out: Path) -> ComparisonPlan:
         match_by=_checked(manifest["match_by"], str, "match_by"),
         out=out,
         overrides=_list_of(manifest["overrides"], str, "overrides"),
+        variants={_checked(k, str, "variants"): _list_of(v, str, k) for k, v in variants.items()},
+        match_variant=_optional(manifest.get("match_variant"), str, "match_variant"),
+        target_params=_optional(manifest.get("target_params"), int, "target_params"),
+        init_from=_optional(manifest.get("init_from"), str, "init_from"),
     )
+
+
+def _optional(value: Any, kind: type, key: str) -> Any:
+    return None if value is None else _checked(value, kind, key)
 
 
 def _checked(value: Any, kind: type, key: str) -> Any:

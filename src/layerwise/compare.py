@@ -11,15 +11,22 @@ with its cell's planned config: one made with other settings stops the command, 
 and the keys, because mixing it into the table would compare two experiments as one. Rerunning
 the same command skips finished runs and resumes an interrupted one from its last checkpoint, so
 a comparison survives a lost node or a Ctrl-C. The grid's layout lives in `layerwise.cells`.
+
+Named variants (sets of overrides, e.g. 12 vs 18 layers) add an axis crossed with profiles and
+seeds; each variant's profiles are matched to its own reference, or with a match variant all to
+one parameter count. `--init-from` fine-tunes a finished comparison's runs cell for cell.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import re
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from layerwise.build import build_shape, with_data_vocab
 from layerwise.cells import (
@@ -35,12 +42,14 @@ from layerwise.config import (
     Config,
     batch_plan,
     config_hash,
+    config_to_dict,
     experiment_differences,
     load_config,
+    parse_override,
 )
 from layerwise.distributed import DistInfo, barrier, init_distributed
 from layerwise.errors import UserError
-from layerwise.profiles import PRESETS, SHAPES
+from layerwise.profiles import PRESETS, SHAPES, total_params
 from layerwise.rundir import CONFIG_FILE, SUMMARY_FILE, RunSummary
 from layerwise.training import train
 
@@ -95,6 +104,83 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise UserError(f"--seeds {text!r}: write integers, e.g. 0,1,2") from None
 
 
+GRID_KEYS = (
+    "model.profile",
+    "model.match",
+    "model.match_by",
+    "train.seed",
+    "run.dir",
+    "run.resume",
+)
+"""Keys every cell sets itself, so a variant setting them would be silently overwritten."""
+
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A variant names a directory level of OUT and a column of results.csv."""
+
+_NEXT_OVERRIDE = re.compile(r",(?=\s*\w+\.\w+\s*=)")
+"""A comma that starts another `section.key=value`, not one inside a value like `[0.5,4.0]`."""
+
+
+def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
+    """`--variant 12l:model.n_layers=12,optim.lr=1e-3` -> ("12l", ("model.n_layers=12", ...))."""
+    name, sep, body = text.partition(":")
+    overrides = tuple(part.strip() for part in _NEXT_OVERRIDE.split(body) if part.strip())
+    if not sep or not overrides:
+        raise UserError(
+            f"--variant {text!r} must look like NAME:section.key=value[,section.key=value], "
+            "e.g. --variant 12l:model.n_layers=12"
+        )
+    return name.strip(), overrides
+
+
+def collect_variants(
+    flags: Sequence[str], from_config: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, tuple[str, ...]]:
+    """The variants of `--variant` flags (a name given twice collects its overrides), else the
+    config's `compare.variants` block; the flags replace the block rather than mix with it."""
+    variants: dict[str, tuple[str, ...]] = {}
+    for flag in flags:
+        name, overrides = parse_variant(flag)
+        variants[name] = (*variants.get(name, ()), *overrides)
+    if variants or not from_config:
+        return variants
+    return {
+        name: tuple(f"{key}={json.dumps(value)}" for key, value in values.items())
+        for name, values in from_config.items()
+    }
+
+
+def check_variants(plan: ComparisonPlan) -> None:
+    """Every variant has a directory-safe name and overrides of real keys the grid leaves to it,
+    and the variant to match budgets in exists."""
+    for name, overrides in plan.variants.items():
+        if not VARIANT_NAME.fullmatch(name):
+            raise UserError(
+                f"variant name {name!r}: use letters, digits, '.', '_' or '-' (it names a "
+                "directory), e.g. 12l"
+            )
+        for override in overrides:
+            section, key, _ = parse_override(override)
+            dotted = f"{section}.{key}"
+            if dotted in GRID_KEYS or section == "compare":
+                raise UserError(
+                    f"variant {name}: {dotted} is set by the grid for every cell; use --profiles, "
+                    "--seeds, --match-params, --match-by or --out for it"
+                )
+    if plan.match_variant is None:
+        return
+    if plan.match_variant not in plan.variants:
+        raise UserError(
+            f"--match-variant {plan.match_variant!r} is not among the variants "
+            f"({', '.join(plan.variants) or 'none given'}); add it with --variant"
+        )
+    if plan.match is None or plan.match_by != "params":
+        raise UserError(
+            "--match-variant matches parameter counts across variants: use it with "
+            "--match-params PROFILE and --match-by params"
+        )
+
+
 def check_profiles(plan: ComparisonPlan) -> None:
     """Every profile is a shape or preset, and the reference is trained too."""
     known = [*SHAPES, *PRESETS]
@@ -114,7 +200,31 @@ def check_profiles(plan: ComparisonPlan) -> None:
 
 
 def resolve(plan: ComparisonPlan, cell: Cell) -> PlannedRun:
-    return PlannedRun(cell, with_data_vocab(load_config(plan.config, cell.overrides)))
+    """The cell's config; a fine-tuning cell's model settings are its source run's, so that its
+    shape is exactly the one whose weights it starts from."""
+    source = source_model_overrides(plan, cell) if plan.init_from is not None else ()
+    return PlannedRun(cell, with_data_vocab(load_config(plan.config, (*source, *cell.overrides))))
+
+
+def source_model_overrides(plan: ComparisonPlan, cell: Cell) -> tuple[str, ...]:
+    """`model.key=value` for every model setting of the run this cell fine-tunes."""
+    assert plan.init_from is not None
+    saved = Path(plan.init_from) / cell.run_id / CONFIG_FILE
+    model = config_to_dict(load_config(saved))["model"]
+    return tuple(f"model.{key}={json.dumps(value)}" for key, value in model.items())
+
+
+def with_target(plan: ComparisonPlan) -> ComparisonPlan:
+    """The plan with `target_params` resolved: the parameter count of its reference cell (match
+    profile in the match variant), which every cell of every variant is then rescaled to."""
+    if plan.match_variant is None or plan.init_from is not None:
+        return replace(plan, target_params=None)
+    unmatched = replace(plan, target_params=None)
+    axes = {"variant": plan.match_variant, "profile": str(plan.match), "seed": plan.seeds[0]}
+    reference = checked_run(unmatched, make_cell(unmatched, axes), world_size=1)
+    vocab_size = reference.config.model.vocab_size
+    assert vocab_size is not None, "with_data_vocab fills it in"
+    return replace(plan, target_params=total_params(build_shape(reference.config, vocab_size)[0]))
 
 
 def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun:
@@ -170,11 +280,17 @@ def dropped_runs(plan: ComparisonPlan) -> list[PlannedRun]:
     experiment it describes. An unreadable manifest lists none: rewriting it is its repair.
     """
     try:
-        earlier = plan_cells(read_plan(plan.out))
+        earlier_plan = read_plan(plan.out)
     except UserError:
         return []
     planned = {cell.run_id for cell in plan_cells(plan)}
-    return [resolve(plan, make_cell(plan, c.axes)) for c in earlier if c.run_id not in planned]
+    # A dropped variant's overrides are known only to the earlier plan.
+    judged = replace(plan, variants={**earlier_plan.variants, **plan.variants})
+    return [
+        resolve(judged, make_cell(judged, cell.axes))
+        for cell in plan_cells(earlier_plan)
+        if cell.run_id not in planned
+    ]
 
 
 def changes_message(plan: ComparisonPlan, changes: Sequence[Change], remedy: str) -> str:
@@ -196,6 +312,8 @@ def prepare(
     under a manifest that does not describe it).
     """
     check_profiles(plan)
+    check_variants(plan)
+    plan = with_target(plan)
     runs = [checked_run(plan, cell, world_size) for cell in plan_cells(plan)]
     dropped = find_changes(dropped_runs(plan))
     if dropped:
@@ -203,7 +321,8 @@ def prepare(
             changes_message(
                 plan,
                 dropped,
-                "These cells are not in this command's grid: add them back to --profiles/--seeds "
+                "These cells are not in this command's grid: add them back to --profiles/--seeds"
+                "/--variant "
                 "(with --rerun-changed to retrain them), delete their directories, or use a new "
                 "--out.",
             )
@@ -245,6 +364,7 @@ def run_comparison(
     """
     dist = join_distributed(plan)
     runs, changes = prepare(plan, dist.world_size, rerun_changed)
+    plan = with_target(plan)
     barrier()  # every rank has read OUT before rank 0 deletes in it
     if dist.is_main:
         index = {run.cell.run_id: i for i, run in enumerate(runs)}
@@ -278,9 +398,14 @@ def make_plan(
     match: str | None = "isotropic",
     match_by: str = "params",
     overrides: Sequence[str] = (),
+    variants: Mapping[str, Sequence[str]] | None = None,
+    match_variant: str | None = None,
 ) -> ComparisonPlan:
+    """The plan of a comparison; `variants` None takes the config's `compare.variants` block."""
     if not Path(config).is_file():
         raise UserError(f"config {config} not found")
+    if variants is None:
+        variants = collect_variants((), load_config(config, overrides).compare.variants)
     return ComparisonPlan(
         config=str(config),
         profiles=tuple(profiles),
@@ -289,4 +414,34 @@ def make_plan(
         match_by=match_by,
         out=Path(out),
         overrides=tuple(overrides),
+        variants={name: tuple(values) for name, values in variants.items()},
+        match_variant=match_variant,
+    )
+
+
+def make_fine_tune_plan(
+    source: str | Path, config: str, out: str | Path, overrides: Sequence[str] = ()
+) -> ComparisonPlan:
+    """Fine-tune every run of the comparison in `source`, cell for cell, with `config`'s data,
+    optimizer and schedule and the source runs' models and weights (`init.from`).
+
+    Every source run must be finished: a fine-tuned grid with holes could not be paired by seed.
+    """
+    if not Path(config).is_file():
+        raise UserError(f"config {config} not found")
+    earlier = read_plan(Path(source))
+    unfinished = [c.label for c in plan_cells(earlier) if not (c.run_dir / SUMMARY_FILE).exists()]
+    if unfinished:
+        raise UserError(
+            f"--init-from {source}: {len(unfinished)} run(s) are not finished "
+            f"({', '.join(unfinished[:5])}); rerun the `layerwise compare` that made {source} "
+            "to finish them first"
+        )
+    return replace(
+        earlier,
+        config=str(config),
+        out=Path(out),
+        overrides=tuple(overrides),
+        target_params=None,
+        init_from=str(Path(source).resolve()),
     )

@@ -29,6 +29,8 @@ _EXTRA = ["#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 
 def _study_colour(name: str) -> str | None:
+    """The study's colour of a profile, also inside a variant's label (`12l/crown`)."""
+    name = name.rsplit("/", 1)[-1]
     for shape, colour in _PALETTE.items():
         if name == shape or name.endswith(f"-{shape}"):
             return colour
@@ -51,8 +53,13 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def plot_allocation(shapes: Mapping[str, ModelShape], path: str | Path) -> Path:
-    """The study's 'parameter allocation' figure: parameters, FFN width and heads per layer."""
+def plot_allocation(
+    shapes: Mapping[str, ModelShape],
+    path: str | Path,
+    dashes: Mapping[str, str] | None = None,
+) -> Path:
+    """The study's 'parameter allocation' figure: parameters, FFN width and heads per layer;
+    `dashes` gives names a line style (one per variant) where colours repeat across variants."""
     fig = Figure(figsize=(15, 4.2))
     axes = fig.subplots(1, 3, sharex=True)
     panels = [
@@ -67,6 +74,7 @@ def plot_allocation(shapes: Mapping[str, ModelShape], path: str | Path) -> Path:
                 range(shape.n_layers),
                 [value(shape, layer) for layer in shape.layers],
                 color=colour_for(name, names),
+                linestyle=(dashes or {}).get(name, "-"),
                 marker="o",
                 markersize=3,
                 alpha=0.85,
@@ -89,6 +97,7 @@ def plot_curves(
     zoom_last: float | None = None,
     spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
     log_y: bool = False,
+    dashes: Mapping[str, str] | None = None,
 ) -> Path:
     """One figure of `draw_curves`."""
     fig = Figure(figsize=(8, 4.5))
@@ -101,7 +110,29 @@ def plot_curves(
         zoom_last=zoom_last,
         spread=spread,
         log_y=log_y,
+        dashes=dashes,
     )
+    return save_figure(fig, path)
+
+
+def plot_panels(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+) -> Path:
+    """One panel per title, side by side, with a shared legend: e.g. per profile, a line per
+    variant (the study's 12- vs 18-layer validation perplexity figure)."""
+    fig = Figure(figsize=(4.2 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels.items(), strict=True):
+        draw_curves(
+            ax, series, title=title, xlabel=xlabel, ylabel=ylabel, log_y=log_y, legend=False
+        )
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return save_figure(fig, path)
 
 
@@ -116,6 +147,7 @@ def draw_curves(
     spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
     log_y: bool = False,
     legend: bool = True,
+    dashes: Mapping[str, str] | None = None,
 ) -> None:
     """One line per name; `zoom_last` keeps only the last fraction of x to show small gaps.
 
@@ -123,6 +155,7 @@ def draw_curves(
     `log_y` keeps the late, small differences visible next to a large value at step 0. Sparse
     series (evaluations) get a marker at every point so a reader sees where they were measured.
     Panels of one figure that show the same names leave the legend to the figure (`legend`).
+    `dashes` gives names a line style, e.g. one per variant when colours follow the profile.
     """
     names = list(series)
     x_max = max((p[0] for points in series.values() for p in points), default=0.0)
@@ -137,6 +170,7 @@ def draw_curves(
             [x for x, _ in kept],
             [y for _, y in kept],
             color=colour,
+            linestyle=(dashes or {}).get(name, "-"),
             label=name,
             linewidth=1.4,
             marker=marker,

@@ -93,6 +93,32 @@ PRESETS: dict[str, ProfileSpec] = {
 }
 """The study's five 18-layer, ~180M-parameter models (d_model 768, head_dim 64, GQA group 3)."""
 
+OLMO2_1B = ProfileSpec(
+    ffn=(4.0, 4.0),
+    qkv=(1.0, 1.0),
+    n_layers=16,
+    d_model=2048,
+    head_dim=128,
+    gqa_group=1,
+    vocab_size=100352,
+)
+"""OLMo2 1B's block stack: 16 layers, d_model 2048, 16 heads of 128 (no GQA), d_ffn 8192, untied
+100,352-token vocabulary; ~1.48B parameters. Its own layer (beta 4, alpha 1) is the isotropic
+model and the frame layer."""
+
+PRESETS.update(
+    {
+        f"olmo2-1b-{name}": (
+            OLMO2_1B
+            if name == "isotropic"
+            else replace(OLMO2_1B, ffn=recipe.ffn, qkv=recipe.qkv, frame=recipe.frame)
+        )
+        for name, recipe in SHAPES.items()
+    }
+)
+"""1B-class presets: OLMo2 1B and the study's four shapes on its base, to be rescaled to its
+parameter count (`model.match: olmo2-1b-isotropic`, as configs/olmo2-1b-*.yaml do)."""
+
 
 def make_divisible(value: float, divisor: int) -> int:
     """OpenELM's rounding: nearest multiple, never below one divisor nor more than 10% under."""

@@ -1,35 +1,45 @@
-"""The comparison's report: the study's table, honest about seed noise, plus the figures.
+"""The comparison's report: the study's table, its rows paired by seed against the reference,
+and the figures.
 
 Reads only what the runs left on disk (`summary.json`, `metrics.jsonl`), so a report can be
 regenerated at any time, also from a partly finished comparison; and imports no torch, so it
 starts fast. Damaged files are UserErrors that name the file and the fix.
+
+A row is a profile, or a variant's profile (`12l/crown`). Runs with the same seed share data
+order and validation windows, so each row is judged by its paired differences from the reference
+row with a Student-t interval (`layerwise.stats`). The report is a list of sections
+(`SECTION_BUILDERS`); later parts such as downstream scores are appended as builders.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerwise.cells import Cell, ComparisonPlan, plan_cells, read_plan
+from layerwise.cells import Cell, ComparisonPlan, plan_cells, read_plan, row_label
 from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_text
-from layerwise.plots import (
-    moving_average,
-    plot_allocation,
-    plot_bars,
-    plot_curves,
-    smoothing_window,
+from layerwise.report_figures import write_plots
+from layerwise.report_render import (
+    Bullets,
+    Figures,
+    Paragraph,
+    Section,
+    Table,
+    render_html,
+    render_markdown,
 )
-from layerwise.profiles import LayerSpec, ModelShape
 from layerwise.rundir import SUMMARY_FILE, RunSummary
 from layerwise.runs import Curve, curve, required_metrics
+from layerwise.stats import LEVEL, PairedDifference, paired_difference
+
+TITLE = "Layer-wise scaling comparison"
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class RunResult:
     summary: RunSummary
     train_loss: Curve
     val_ppl: Curve
+    val_loss: Curve
 
     @property
     def profile(self) -> str:
@@ -46,8 +57,9 @@ class RunResult:
 
 @dataclass(frozen=True)
 class ProfileRow:
-    """One line of the study's table, aggregated over seeds."""
+    """One line of the study's table, aggregated over seeds and paired with the reference."""
 
+    variant: str | None
     profile: str
     seeds: int
     params: int
@@ -57,7 +69,16 @@ class ProfileRow:
     tokens_per_s: float | None
     tokens_per_s_delta_pct: float | None
     mfu: float | None
+    val_loss_diff: PairedDifference | None
+    """Paired over seeds: this row's final validation loss minus the reference's."""
+    val_ppl_diff: PairedDifference | None
     verdict: str
+    """`reference`, `better`, `worse`, `not distinguishable at 95%`, or `no reference run yet`;
+    from the interval of the validation-loss difference."""
+
+    @property
+    def label(self) -> str:
+        return self.profile if self.variant is None else f"{self.variant}/{self.profile}"
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,22 @@ class ReportFiles:
     runs_csv: Path
     html: Path
     plots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """What a section builder may draw on."""
+
+    out: Path
+    plan: ComparisonPlan
+    runs: Mapping[str, Sequence[RunResult]]
+    """The finished runs of each row, rows in table order."""
+    rows: Sequence[ProfileRow]
+    reference: str
+    plots: tuple[Path, ...]
+
+
+SectionBuilder = Callable[[ReportContext], Section | None]
 
 
 def load_run(cell: Cell) -> RunResult | None:
@@ -81,11 +118,12 @@ def load_run(cell: Cell) -> RunResult | None:
             f"{exc}. The run's summary is intact but its curves are not: delete {cell.run_dir} "
             "and rerun the compare command to train it again"
         ) from None
+
+    def millions(kind: str, key: str) -> Curve:
+        return [(x / 1e6, y) for x, y in curve(records, kind, key, x="tokens")]
+
     return RunResult(
-        cell=cell,
-        summary=summary,
-        train_loss=[(x / 1e6, y) for x, y in curve(records, "train", "loss", x="tokens")],
-        val_ppl=[(x / 1e6, y) for x, y in curve(records, "val", "ppl", x="tokens")],
+        cell, summary, millions("train", "loss"), millions("val", "ppl"), millions("val", "loss")
     )
 
 
@@ -108,56 +146,89 @@ def _pct(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (value - reference) / reference
 
 
-def verdict(row_runs: Sequence[RunResult], ref_runs: Sequence[RunResult], reference: str) -> str:
-    """Whether the gap to the reference exceeds what changing the seed alone does."""
-    profile = row_runs[0].profile
-    if profile == reference:
-        return "reference"
-    ppl = [r.summary.final_val_ppl for r in row_runs]
-    ref = [r.summary.final_val_ppl for r in ref_runs]
-    if len(ppl) < 2 or len(ref) < 2:
-        return (
-            f"{profile}: one seed only, so the seed-to-seed spread is unknown and the difference "
-            f"from {reference} cannot be judged; run with --seeds 0,1,2"
-        )
-    gap = statistics.fmean(ppl) - statistics.fmean(ref)
-    spread = max(statistics.stdev(ppl), statistics.stdev(ref))
-    direction = "lower" if gap < 0 else "higher"
-    judged = "larger than" if abs(gap) > spread else "within"
-    return (
-        f"{profile}: validation perplexity {abs(gap):.3f} {direction} than {reference}, "
-        f"{judged} the seed-to-seed spread (largest std {spread:.3f} over "
-        f"{min(len(ppl), len(ref))} seeds)"
+def by_seed(runs: Sequence[RunResult], value: Callable[[RunResult], float | None]) -> dict:
+    """`{seed: value}` over the runs that have the value, for pairing with another row."""
+    return {r.cell.seed: v for r in runs if (v := value(r)) is not None}
+
+
+def _final_loss(run: RunResult) -> float | None:
+    return run.summary.final_val_loss
+
+
+def _final_ppl(run: RunResult) -> float | None:
+    return run.summary.final_val_ppl
+
+
+def make_row(runs: Sequence[RunResult], ref_runs: Sequence[RunResult], is_ref: bool) -> ProfileRow:
+    ppl = [r.summary.final_val_ppl for r in runs if r.summary.final_val_ppl is not None]
+    ref_ppl = _mean([r.summary.final_val_ppl for r in ref_runs])
+    tps, ref_tps = (_mean([r.summary.mean_tokens_per_s for r in rs]) for rs in (runs, ref_runs))
+    loss_diff = ppl_diff = None
+    if ref_runs and not is_ref:
+        loss_diff = paired_difference(by_seed(runs, _final_loss), by_seed(ref_runs, _final_loss))
+        ppl_diff = paired_difference(by_seed(runs, _final_ppl), by_seed(ref_runs, _final_ppl))
+    if is_ref:
+        verdict = "reference"
+    elif loss_diff is None:
+        verdict = "no reference run yet" if not ref_runs else "no seed shared with the reference"
+    else:
+        verdict = loss_diff.verdict("lower")
+    return ProfileRow(
+        variant=runs[0].cell.variant,
+        profile=runs[0].profile,
+        seeds=len(runs),
+        params=runs[0].summary.params,
+        val_ppl_mean=statistics.fmean(ppl) if ppl else math.nan,
+        val_ppl_std=statistics.stdev(ppl) if len(ppl) > 1 else None,
+        val_ppl_delta_pct=None if is_ref else _pct(_mean(ppl), ref_ppl),
+        tokens_per_s=tps,
+        tokens_per_s_delta_pct=None if is_ref else _pct(tps, ref_tps),
+        mfu=_mean([r.summary.mean_mfu for r in runs]),
+        val_loss_diff=loss_diff,
+        val_ppl_diff=ppl_diff,
+        verdict=verdict,
     )
 
 
-def table_rows(
-    results: Sequence[RunResult], profiles: Sequence[str], reference: str
-) -> list[ProfileRow]:
-    by_profile = {p: [r for r in results if r.profile == p] for p in profiles}
-    by_profile = {p: runs for p, runs in by_profile.items() if runs}
-    ref_runs = by_profile.get(reference, [])
-    ref_ppl = _mean([r.summary.final_val_ppl for r in ref_runs])
-    ref_tps = _mean([r.summary.mean_tokens_per_s for r in ref_runs])
-    rows = []
-    for profile, runs in by_profile.items():
-        ppl = [r.summary.final_val_ppl for r in runs if r.summary.final_val_ppl is not None]
-        tps = _mean([r.summary.mean_tokens_per_s for r in runs])
-        rows.append(
-            ProfileRow(
-                profile=profile,
-                seeds=len(runs),
-                params=runs[0].summary.params,
-                val_ppl_mean=statistics.fmean(ppl) if ppl else math.nan,
-                val_ppl_std=statistics.stdev(ppl) if len(ppl) > 1 else None,
-                val_ppl_delta_pct=None if profile == reference else _pct(_mean(ppl), ref_ppl),
-                tokens_per_s=tps,
-                tokens_per_s_delta_pct=None if profile == reference else _pct(tps, ref_tps),
-                mfu=_mean([r.summary.mean_mfu for r in runs]),
-                verdict=verdict(runs, ref_runs, reference) if ref_runs else "no reference run yet",
-            )
+def group_rows(plan: ComparisonPlan, results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """The finished runs of each row, rows in the plan's order (variant-major)."""
+    grouped: dict[str, list[RunResult]] = {}
+    for result in sorted(results, key=lambda r: _row_order(plan, r.cell)):
+        grouped.setdefault(result.cell.row, []).append(result)
+    return grouped
+
+
+def _row_order(plan: ComparisonPlan, cell: Cell) -> tuple[int, int, int]:
+    variants = list(plan.variants)
+    variant = variants.index(cell.variant) if cell.variant in variants else -1
+    return variant, plan.profiles.index(cell.profile), plan.seeds.index(cell.seed)
+
+
+def table_rows(runs: Mapping[str, Sequence[RunResult]], reference: str) -> list[ProfileRow]:
+    ref_runs = runs.get(reference, [])
+    return [make_row(rs, ref_runs, row == reference) for row, rs in runs.items()]
+
+
+def sentence(row: ProfileRow, reference: str) -> str:
+    """The row's verdict in words, with the paired numbers it rests on."""
+    if row.val_loss_diff is None:
+        return f"{row.label}: {row.verdict}"
+    loss, ppl = row.val_loss_diff, row.val_ppl_diff
+    if loss.low is None:
+        return (
+            f"{row.label}: one seed only, so the seed-to-seed spread is unknown and the difference "
+            f"from {reference} ({loss.mean:+.4f} in validation loss) is {row.verdict}; run with "
+            "--seeds 0,1,2"
         )
-    return rows
+    ppl_text = "" if ppl is None else f", perplexity {ppl.describe('+.3f')}"
+    return (
+        f"{row.label}: {row.verdict} than {reference}"
+        if row.verdict in ("better", "worse")
+        else f"{row.label}: {row.verdict} from {reference}"
+    ) + (
+        f" (paired over {loss.pairs} seeds, mean difference with {LEVEL:.0%} CI: validation "
+        f"loss {loss.describe()}{ppl_text})"
+    )
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -169,25 +240,39 @@ def _ppl_cell(row: ProfileRow) -> str:
     return f"{row.val_ppl_mean:.3f}{std}"
 
 
-TABLE_HEADER = ("Profile", "Params", "Val PPL", "vs ref", "Tokens/s", "Throughput vs ref", "MFU")
+TABLE_HEADER = (
+    "Profile",
+    "Params",
+    "Val PPL",
+    "vs ref",
+    f"Δ val loss [{LEVEL:.0%} CI]",
+    "Verdict",
+    "Tokens/s",
+    "Throughput vs ref",
+    "MFU",
+)
 
 
-def table_cells(row: ProfileRow) -> tuple[str, ...]:
-    return (
+def summary_table(rows: Sequence[ProfileRow]) -> Table:
+    """The study's table; with variants the first column names each row's variant."""
+    variants = any(row.variant is not None for row in rows)
+    header = ("Variant", *TABLE_HEADER) if variants else TABLE_HEADER
+    return Table(header, tuple(_cells(row, variants) for row in rows))
+
+
+def _cells(row: ProfileRow, variants: bool) -> tuple[str, ...]:
+    cells = (
         row.profile,
         f"{row.params / 1e6:.2f}M",
         _ppl_cell(row),
         _fmt(row.val_ppl_delta_pct, "+.1f", "%"),
+        "-" if row.val_loss_diff is None else row.val_loss_diff.describe(),
+        row.verdict,
         _fmt(row.tokens_per_s, ",.0f"),
         _fmt(row.tokens_per_s_delta_pct, "+.1f", "%"),
         _fmt(None if row.mfu is None else 100 * row.mfu, ".1f", "%"),
     )
-
-
-def markdown_table(rows: Sequence[ProfileRow]) -> str:
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
-    return "\n".join(lines)
+    return (str(row.variant), *cells) if variants else cells
 
 
 def csv_text(records: Sequence[Mapping[str, Any]]) -> str:
@@ -199,9 +284,34 @@ def csv_text(records: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _difference_columns(name: str, diff: PairedDifference | None) -> dict[str, Any]:
+    return {
+        name: None if diff is None else diff.mean,
+        f"{name}_low": None if diff is None else diff.low,
+        f"{name}_high": None if diff is None else diff.high,
+    }
+
+
 def profile_record(row: ProfileRow) -> dict[str, Any]:
-    """A line of results.csv: the table's numbers; the verdict is prose for the report."""
-    return {k: v for k, v in asdict(row).items() if k != "verdict"}
+    """A line of results.csv: the table's numbers, the paired differences and the verdict; a
+    `variant` column leads where the comparison has variants."""
+    record: dict[str, Any] = {} if row.variant is None else {"variant": row.variant}
+    record |= {
+        "profile": row.profile,
+        "seeds": row.seeds,
+        "params": row.params,
+        "val_ppl_mean": row.val_ppl_mean,
+        "val_ppl_std": row.val_ppl_std,
+        "val_ppl_delta_pct": row.val_ppl_delta_pct,
+        "tokens_per_s": row.tokens_per_s,
+        "tokens_per_s_delta_pct": row.tokens_per_s_delta_pct,
+        "mfu": row.mfu,
+        "paired_seeds": None if row.val_loss_diff is None else row.val_loss_diff.pairs,
+        **_difference_columns("val_loss_diff", row.val_loss_diff),
+        **_difference_columns("val_ppl_diff", row.val_ppl_diff),
+        "verdict": row.verdict,
+    }
+    return record
 
 
 def run_record(result: RunResult) -> dict[str, Any]:
@@ -223,89 +333,6 @@ def run_record(result: RunResult) -> dict[str, Any]:
     }
 
 
-def _mean_curve(curves: Sequence[Curve]) -> tuple[Curve, list[tuple[float, float, float]]]:
-    """Mean over seeds at the x values all seeds reached, and the min-max band."""
-    length = min(len(c) for c in curves)
-    mean, band = [], []
-    for i in range(length):
-        ys = [c[i][1] for c in curves]
-        mean.append((curves[0][i][0], statistics.fmean(ys)))
-        band.append((curves[0][i][0], min(ys), max(ys)))
-    return mean, band
-
-
-def write_plots(
-    results: Sequence[RunResult], profiles: Sequence[str], out: Path
-) -> tuple[Path, ...]:
-    present = [p for p in profiles if any(r.profile == p for r in results)]
-    runs = {p: [r for r in results if r.profile == p] for p in present}
-    window = smoothing_window(r.train_loss for r in results)
-    train = {
-        p: _mean_curve([moving_average(r.train_loss, window) for r in rs]) for p, rs in runs.items()
-    }
-    val = {p: _mean_curve([r.val_ppl for r in rs]) for p, rs in runs.items()}
-    shapes = {
-        p: ModelShape(
-            d_model=rs[0].summary.d_model,
-            head_dim=rs[0].summary.head_dim,
-            vocab_size=rs[0].summary.vocab_size,
-            layers=tuple(LayerSpec(**layer) for layer in rs[0].summary.layers),
-        )
-        for p, rs in runs.items()
-    }
-    throughput = {p: _mean([r.summary.mean_tokens_per_s for r in rs]) for p, rs in runs.items()}
-    figures = out / "figures"
-    loss_label = "training loss" + (f" (moving average of {window} steps)" if window > 1 else "")
-    paths = [
-        plot_curves(
-            {p: c for p, (c, _) in train.items()},
-            figures / "train_loss.png",
-            spread={p: b for p, (_, b) in train.items()},
-            title="Training loss",
-            xlabel="tokens (millions)",
-            ylabel=loss_label,
-        ),
-        plot_curves(
-            {p: c for p, (c, _) in train.items()},
-            figures / "train_loss_zoom.png",
-            spread={p: b for p, (_, b) in train.items()},
-            zoom_last=0.3,
-            title="Training loss, last 30% of tokens",
-            xlabel="tokens (millions)",
-            ylabel=loss_label,
-        ),
-        plot_curves(
-            {p: c for p, (c, _) in val.items()},
-            figures / "val_ppl.png",
-            spread={p: b for p, (_, b) in val.items()},
-            title="Validation perplexity",
-            xlabel="tokens (millions)",
-            ylabel="perplexity",
-            log_y=True,
-        ),
-        plot_curves(
-            {p: c for p, (c, _) in val.items()},
-            figures / "val_ppl_zoom.png",
-            spread={p: b for p, (_, b) in val.items()},
-            zoom_last=0.5,
-            title="Validation perplexity, second half",
-            xlabel="tokens (millions)",
-            ylabel="perplexity",
-        ),
-        plot_allocation(shapes, figures / "allocation.png"),
-    ]
-    if all(v is not None for v in throughput.values()):
-        paths.append(
-            plot_bars(
-                {p: v for p, v in throughput.items() if v is not None},
-                figures / "throughput.png",
-                title="Training throughput (after warm-up)",
-                ylabel="tokens/s",
-            )
-        )
-    return tuple(paths)
-
-
 def run_details(results: Sequence[RunResult]) -> list[str]:
     first = results[0].summary
     hardware = first.hardware
@@ -317,86 +344,118 @@ def run_details(results: Sequence[RunResult]) -> list[str]:
     ]
 
 
-def render_markdown(
-    rows: Sequence[ProfileRow],
-    results: Sequence[RunResult],
-    reference: str,
-    plots: Sequence[Path],
-    out: Path,
-) -> str:
-    verdicts = [f"- {row.verdict}" for row in rows if row.verdict != "reference"]
-    images = [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots]
-    return (
-        "\n\n".join(
-            [
-                "# Layer-wise scaling comparison",
-                f"Final validation perplexity (mean ± std over seeds) and training throughput; "
-                f"changes are relative to `{reference}`.",
-                markdown_table(rows),
-                "\n".join(verdicts) if verdicts else "",
-                "\n".join(run_details(results)),
-                "## Figures",
-                "\n\n".join(images),
-            ]
+def summary_section(context: ReportContext) -> Section:
+    budget = (
+        f" Every cell was rescaled to {context.plan.target_params:,} parameters "
+        f"(`{context.reference}`)."
+        if context.plan.target_params is not None
+        else ""
+    )
+    intro = (
+        "Final validation perplexity (mean ± std over seeds) and training throughput; changes "
+        f"are relative to `{context.reference}`. Δ val loss is the mean paired difference over "
+        f"seeds (same seed, same data order) with its {LEVEL:.0%} Student-t interval; the "
+        f"verdict says whether that interval excludes zero.{budget}"
+    )
+    verdicts = tuple(
+        sentence(row, context.reference) for row in context.rows if row.verdict != "reference"
+    )
+    return Section(
+        None,
+        (
+            Paragraph(intro),
+            summary_table(context.rows),
+            Bullets(verdicts),
+        ),
+    )
+
+
+def details_section(context: ReportContext) -> Section:
+    results = [r for rs in context.runs.values() for r in rs]
+    return Section(None, tuple(Paragraph(line) for line in run_details(results)))
+
+
+def figures_section(context: ReportContext) -> Section:
+    return Section("Figures", (Figures(tuple(p.relative_to(context.out) for p in context.plots)),))
+
+
+def transfer_section(context: ReportContext) -> Section | None:
+    """For a fine-tuning comparison: each row's validation loss on the new data before (step 0,
+    the source weights) and after fine-tuning, and its change paired against the reference's."""
+    if context.plan.init_from is None:
+        return None
+
+    def change(run: RunResult) -> float | None:
+        after = run.summary.final_val_loss
+        return None if after is None or not run.val_loss else after - run.val_loss[0][1]
+
+    ref_change = by_seed(context.runs.get(context.reference, []), change)
+    table_rows = []
+    for row, runs in context.runs.items():
+        before = _mean([r.val_loss[0][1] if r.val_loss else None for r in runs])
+        diff = (
+            None
+            if row == context.reference
+            else paired_difference(by_seed(runs, change), ref_change)
         )
-        + "\n"
+        table_rows.append(
+            (
+                row,
+                _fmt(before, ".4f"),
+                _fmt(_mean([r.summary.final_val_loss for r in runs]), ".4f"),
+                _fmt(_mean([change(r) for r in runs]), "+.4f"),
+                "-" if diff is None else diff.describe(),
+                "reference" if diff is None else diff.verdict("lower"),
+            )
+        )
+    header = (
+        "Row",
+        "Val loss before",
+        "after",
+        "Change",
+        f"Change vs ref [{LEVEL:.0%} CI]",
+        "Verdict",
+    )
+    return Section(
+        "Fine-tuning transfer",
+        (
+            Paragraph(
+                f"Each run of {context.plan.init_from} fine-tuned on this comparison's data "
+                "(fresh optimizer and schedule). Validation loss on the new data before (the "
+                "source weights, step 0) and after; the change is paired by seed against "
+                f"`{context.reference}`'s change (negative: it gained more)."
+            ),
+            Table(header, tuple(table_rows)),
+        ),
     )
 
 
-def render_html(
-    rows: Sequence[ProfileRow],
-    results: Sequence[RunResult],
-    reference: str,
-    plots: Sequence[Path],
-    out: Path,
-) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADER)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row)) + "</tr>"
-        for row in rows
-    )
-    verdicts = "".join(
-        f"<li>{html.escape(r.verdict)}</li>" for r in rows if r.verdict != "reference"
-    )
-    details = "".join(f"<p>{html.escape(line)}</p>" for line in run_details(results))
-    images = "".join(
-        f'<figure><img src="{html.escape(p.relative_to(out).as_posix())}" '
-        f'alt="{html.escape(p.stem)}"></figure>'
-        for p in plots
-    )
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}"
-        "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>layerwise comparison</title>"
-        f"<style>{style}</style></head><body><h1>Layer-wise scaling comparison</h1>"
-        f"<p>Changes relative to <code>{html.escape(reference)}</code>.</p>"
-        f"<table><tr>{head}</tr>{body}</table><ul>{verdicts}</ul>{details}{images}"
-        "</body></html>\n"
-    )
+SECTION_BUILDERS: list[SectionBuilder] = [
+    summary_section,
+    transfer_section,
+    details_section,
+    figures_section,
+]
+"""The report's sections in order; a later part (downstream scores, layer analysis) appends its
+builder, which returns None when it has nothing to show for a comparison."""
 
 
 def write_report(out: str | Path) -> tuple[ReportFiles, list[ProfileRow]]:
-    """(Re)generate report.md, results.csv (per profile), runs.csv (per run), report.html and
+    """(Re)generate report.md, results.csv (per row), runs.csv (per run), report.html and
     figures/ from the runs on disk."""
     out = Path(out)
     plan, results = load_results(out)
-    profiles = plan.profiles
-    reference = plan.match or ("isotropic" if "isotropic" in profiles else profiles[0])
-    rows = table_rows(results, profiles, reference)
-    plots = write_plots(results, profiles, out)
+    reference = row_label(plan.reference)
+    runs = group_rows(plan, results)
+    rows = table_rows(runs, reference)
+    plots = write_plots(runs, out)
+    context = ReportContext(out, plan, runs, rows, reference, plots)
+    sections = [s for build in SECTION_BUILDERS if (s := build(context)) is not None]
     files = ReportFiles(
-        markdown=atomic_write_text(
-            out / "report.md", render_markdown(rows, results, reference, plots, out)
-        ),
+        markdown=atomic_write_text(out / "report.md", render_markdown(TITLE, sections)),
         csv=atomic_write_text(out / "results.csv", csv_text([profile_record(r) for r in rows])),
         runs_csv=atomic_write_text(out / "runs.csv", csv_text([run_record(r) for r in results])),
-        html=atomic_write_text(
-            out / "report.html", render_html(rows, results, reference, plots, out)
-        ),
+        html=atomic_write_text(out / "report.html", render_html(TITLE, sections)),
         plots=plots,
     )
     return files, rows

@@ -31,11 +31,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--profiles",
-        default="isotropic,vanilla,framed,reverse,crown",
         help="comma-separated shapes or presets (default: the study's five)",
     )
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
     parser.add_argument(
-        "--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (default 0)"
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="a named set of overrides crossed with profiles and seeds, e.g. "
+        "--variant 12l:model.n_layers=12 --variant 18l:model.n_layers=18 (repeatable; replaces "
+        "the config's compare.variants block)",
+    )
+    parser.add_argument(
+        "--match-variant",
+        metavar="VARIANT",
+        help="rescale every cell of every variant to the parameter count of --match-params's "
+        "profile in this variant (default: each variant matches its own)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="COMPARISON_DIR",
+        help="fine-tune every run of that finished comparison, cell for cell, with this "
+        "config's data, optimizer and schedule (the grid comes from COMPARISON_DIR)",
     )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
@@ -65,18 +83,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def plan_from_args(args: argparse.Namespace) -> ComparisonPlan:
-    from layerwise.compare import make_plan, parse_list, parse_seeds
+DEFAULT_PROFILES = "isotropic,vanilla,framed,reverse,crown"
 
+
+def plan_from_args(args: argparse.Namespace) -> ComparisonPlan:
+    from layerwise.compare import (
+        collect_variants,
+        make_fine_tune_plan,
+        make_plan,
+        parse_list,
+        parse_seeds,
+    )
+    from layerwise.errors import UserError
+
+    if args.init_from is not None:
+        grid = [flag for flag, value in GRID_FLAGS.items() if getattr(args, value)]
+        if grid:
+            raise UserError(
+                f"--init-from takes the grid from {args.init_from}; drop {', '.join(grid)}"
+            )
+        return make_fine_tune_plan(args.init_from, args.config, args.out, args.overrides)
+    variants = None if not args.variant else collect_variants(args.variant, None)
     return make_plan(
         config=args.config,
-        profiles=parse_list(args.profiles, "--profiles"),
-        seeds=parse_seeds(args.seeds),
+        profiles=parse_list(args.profiles or DEFAULT_PROFILES, "--profiles"),
+        seeds=parse_seeds(args.seeds or "0"),
         out=args.out,
         match=None if args.paper_anchors else args.match_params,
         match_by=args.match_by,
         overrides=args.overrides,
+        variants=variants,
+        match_variant=args.match_variant,
     )
+
+
+GRID_FLAGS = {
+    "--profiles": "profiles",
+    "--seeds": "seeds",
+    "--variant": "variant",
+    "--match-variant": "match_variant",
+    "--paper-anchors": "paper_anchors",
+}
+"""Flags that shape a grid, which a fine-tuning comparison inherits from its source instead."""
 
 
 def announce(console: Console) -> Callable[[int, int, Cell, str], None]:
@@ -87,15 +135,17 @@ def announce(console: Console) -> Callable[[int, int, Cell, str], None]:
 
 
 def print_report(console: Console, out: str) -> None:
-    from layerwise.report import markdown_table, write_report
+    from layerwise.report import sentence, summary_table, write_report
+    from layerwise.report_render import markdown_table
 
     files, rows = write_report(out)
-    console.print(markdown_table(rows))
+    reference = next((row.label for row in rows if row.verdict == "reference"), "the reference")
+    console.print(escape(markdown_table(summary_table(rows))))
     for row in rows:
         if row.verdict != "reference":
-            console.print(f"- {row.verdict}")
+            console.print(escape(f"- {sentence(row, reference)}"))
     console.print(
-        f"report: {files.markdown}  tables: {files.csv} (per profile), {files.runs_csv} "
+        f"report: {files.markdown}  tables: {files.csv} (per row), {files.runs_csv} "
         f"(per run)  page: {files.html}"
     )
     console.print(f"figures: {files.plots[0].parent}/ ({', '.join(p.name for p in files.plots)})")

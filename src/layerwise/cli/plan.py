@@ -1,0 +1,60 @@
+"""`layerwise plan CONFIG`: parameters, FLOPs, memory per GPU and time of a run, before running it."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.markup import escape
+
+from layerwise.cli import positive_int
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="estimate a run's size, memory per GPU and time before running it",
+        description="Parameters, FLOPs per token, estimated memory per GPU for DDP and FSDP2 "
+        "(with and without activation checkpointing), the run's tokens and steps, and its time "
+        "at a stated MFU; warns when the configured layout will not fit.",
+    )
+    parser.add_argument("config", help="YAML config of the run")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--gpus", type=positive_int, default=1, help="GPUs (default 1)")
+    parser.add_argument(
+        "--gpu-memory",
+        default="80GiB",
+        help="memory of one GPU, e.g. 80GiB or 141GB (default 80GiB)",
+    )
+    parser.add_argument(
+        "--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume (default 0.4)"
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="dense bf16 peak per GPU (default: run.peak_tflops, else an H100's 989)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from layerwise.build import build_shape, with_data_vocab
+    from layerwise.config import load_config
+    from layerwise.errors import UserError
+    from layerwise.planning import DEFAULT_PEAK_TFLOPS, parse_memory, plan_run, render_plan
+
+    config = load_config(args.config, args.overrides)
+    if config.model.vocab_size is None:
+        try:
+            config = with_data_vocab(config)
+        except UserError as exc:
+            raise UserError(
+                f"model.vocab_size is null (take it from the data) and the data cannot be read "
+                f"({exc}); set model.vocab_size=N to plan without the data"
+            ) from None
+    assert config.model.vocab_size is not None
+    shape, _ = build_shape(config, config.model.vocab_size)
+    peak = args.peak_tflops or config.run.peak_tflops or DEFAULT_PEAK_TFLOPS
+    plan = plan_run(config, shape, args.gpus, parse_memory(args.gpu_memory), args.mfu, peak)
+    Console(width=200).print(escape(render_plan(plan)), highlight=False)
+    return 0
