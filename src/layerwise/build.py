@@ -20,6 +20,7 @@ from layerwise.data import META_FILE, TokenMeta, check_vocab_fits, read_meta
 from layerwise.distributed import DistInfo
 from layerwise.errors import UserError
 from layerwise.model import BlockOptions, Transformer
+from layerwise.parallelize import SpeedOptions
 from layerwise.profiles import BudgetResult, ModelShape, ProfileSpec, lookup_spec, resolve_shape
 from layerwise.rundir import CONFIG_FILE, TOKENIZER_DIR
 
@@ -121,6 +122,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
+def speed_options(config: Config) -> SpeedOptions:
+    """The run's speed levers (`run.compile_mode`, `compile_loss`, `attention`, `fp8`)."""
+    run = config.run
+    return SpeedOptions(
+        compile_mode=run.compile_mode,
+        compile_loss=run.compile_loss,
+        attention=run.attention,
+        fp8=run.fp8,
+    )
+
+
 def parallel_strategy(config: Config, dist: DistInfo) -> str:
     if config.parallel.strategy == "auto":
         return "ddp" if dist.world_size > 1 else "none"
@@ -176,16 +188,24 @@ def load_model(
 
 
 def init_from(model: Transformer, shape: ModelShape, source: str) -> None:
-    """Copy the weights of the run directory `source` (`init.from`) into `model`, refusing a
-    source of another shape: fine-tuning starts from exactly the source's trained weights."""
-    trained = load_model(source)
-    if trained.shape != shape:
+    """Copy the weights of `source` (`init.from`) into `model`, refusing a source of another
+    shape: fine-tuning starts from exactly the source's trained weights. `source` is a run
+    directory, or a Hugging Face directory (config.json, no config.yaml) of an Olmo2 model."""
+    path = Path(source)
+    if not (path / CONFIG_FILE).is_file() and (path / "config.json").is_file():
+        from layerwise.hf.importer import load_hf_state
+
+        source_shape, state = load_hf_state(path)
+    else:
+        trained = load_model(source)
+        source_shape, state = trained.shape, trained.model.state_dict()
+    if source_shape != shape:
         raise UserError(
-            f"init.from={source}: its model has another shape ({describe_shape(trained.shape)}) "
+            f"init.from={source}: its model has another shape ({describe_shape(source_shape)}) "
             f"than this run's ({describe_shape(shape)}); use the same model settings and "
             "tokenizer as the source run"
         )
-    model.load_state_dict(trained.model.state_dict())
+    model.load_state_dict(state)
 
 
 def describe_shape(shape: ModelShape) -> str:

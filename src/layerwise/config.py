@@ -135,7 +135,7 @@ class ParallelConfig:
 
 @dataclass
 class RunConfig:
-    """How and where to run. All but `precision` leave what is learned unchanged."""
+    """How and where to run. All but `precision` and `fp8` leave what is learned unchanged."""
 
     dir: str = field(default="runs/default", metadata=_OPERATIONAL)
     resume: Literal["never", "auto"] = field(default="never", metadata=_OPERATIONAL)
@@ -143,6 +143,17 @@ class RunConfig:
     device: str = field(default="auto", metadata=_OPERATIONAL)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = field(default=False, metadata=_OPERATIONAL)
+    compile_mode: Literal["blocks", "model"] = field(default="blocks", metadata=_OPERATIONAL)
+    """With `compile`: each block on its own ("blocks"), or the whole model as one graph."""
+    compile_loss: bool = field(default=False, metadata=_OPERATIONAL)
+    """Compile the final norm, LM head and chunked loss (implied by compile_mode=model)."""
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = field(
+        default="auto", metadata=_OPERATIONAL
+    )
+    """The SDPA kernel; "auto" lets PyTorch choose. CPU runs only auto, flash and math."""
+    fp8: bool = False
+    """FP8 matmuls through torchao's float8 training (CUDA, compute capability 8.9+). Not
+    operational: like `precision`, it changes the numbers a run computes."""
     peak_tflops: float | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(above=0)})
     tensorboard: bool = field(default=False, metadata=_OPERATIONAL)
     progress: bool = field(default=True, metadata=_OPERATIONAL)
@@ -173,6 +184,15 @@ class InitConfig:
 
 
 @dataclass
+class CompareConfig:
+    """What `layerwise compare` crosses with profiles and seeds; `train` ignores it."""
+
+    variants: dict[str, dict[str, Any]] | None = field(default=None, metadata=_OPERATIONAL)
+    """Named variants, each a mapping of `section.key` to value, e.g. {12l: {model.n_layers: 12}}:
+    the overrides that make a variant's runs differ; the runs' own configs record the result."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -184,6 +204,8 @@ class Config:
     init: InitConfig = field(default_factory=InitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig, metadata=_OPERATIONAL)
+    """Operational as a whole: left out of the config hash, so adding it changed no run's hash."""
 
 
 @dataclass(frozen=True)
@@ -630,10 +652,12 @@ def is_operational(section: str, key: str) -> bool:
 
 
 def experiment_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """The fields that decide what a run learns (all but the operational ones)."""
+    """The fields that decide what a run learns (all but the operational ones and sections)."""
+    operational = {f.name for f in dataclasses.fields(Config) if f.metadata.get("operational")}
     return {
         section: {k: v for k, v in body.items() if not is_operational(section, k)}
         for section, body in config_to_dict(config).items()
+        if section not in operational
     }
 
 

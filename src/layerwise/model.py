@@ -20,11 +20,24 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from layerwise.losses import Reduction, linear_cross_entropy
 from layerwise.profiles import LayerSpec, ModelShape
 
 NormOrder = Literal["reordered", "pre"]
+
+AttentionBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
+"""The SDPA kernel attention runs with (`run.attention`); "auto" leaves the choice to PyTorch."""
+
+SDPA_BACKENDS: dict[str, SDPBackend] = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+EXPANDED_KV_BACKENDS = frozenset({"cudnn", "efficient"})
+"""Kernels that do not take SDPA's `enable_gqa`: k and v are expanded to the query heads."""
 
 Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
 """Called as `observer(index, block_input, block_output)` after each block, outside the block."""
@@ -73,18 +86,31 @@ class RMSNorm(nn.Module):
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, expand_kv: bool | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    expand_kv: bool | None = None,
+    backend: AttentionBackend = "auto",
 ) -> torch.Tensor:
     """Causal grouped-query attention of q [b, heads, s, hd] over k, v [b, kv_heads, s, hd].
 
     SDPA's `enable_gqa=True` lets each group of query heads share a k/v head without copying
-    them, but on CUDA in float32 it leaves only the slow math kernel: the memory-efficient
-    kernel, the only fused one that takes float32, does not accept `enable_gqa`. There k and v
+    them, but only the flash and math kernels accept it: on CUDA in float32 it leaves only the
+    slow math kernel, since the memory-efficient kernel, the only fused one that takes float32,
+    does not accept it. There, and whenever the efficient or cuDNN kernel is asked for, k and v
     are expanded to the query head count (`repeat_interleave` on the head dim, the grouping
     `enable_gqa` uses) and SDPA is called without it. `expand_kv` forces the choice (tests).
+    A `backend` other than "auto" pins the kernel, so a run measures the one it asked for.
     """
     if expand_kv is None:
-        expand_kv = q.is_cuda and q.dtype == torch.float32
+        expand_kv = q.is_cuda and (q.dtype == torch.float32 or backend in EXPANDED_KV_BACKENDS)
+    if backend == "auto":
+        return _sdpa(q, k, v, expand_kv)
+    with sdpa_kernel(SDPA_BACKENDS[backend]):
+        return _sdpa(q, k, v, expand_kv)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, expand_kv: bool) -> torch.Tensor:
     if not expand_kv:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     group = q.shape[1] // k.shape[1]
@@ -94,6 +120,10 @@ def causal_attention(
 
 
 class Attention(nn.Module):
+    backend: AttentionBackend = "auto"
+    """Set from outside (`parallelize.set_attention_backend`): how the run executes, not what
+    the model is, so it is neither an option of the block nor part of a checkpoint."""
+
     def __init__(self, d_model: int, head_dim: int, layer: LayerSpec, eps: float) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = layer.n_heads, layer.n_kv_heads, head_dim
@@ -117,7 +147,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if v.dtype != q.dtype:
             v = v.to(q.dtype)
-        out = causal_attention(q, k, v)
+        out = causal_attention(q, k, v, backend=self.backend)
         return self.w_o(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -173,8 +203,10 @@ class Transformer(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def hidden_states(self, tokens: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
-        """Final-norm output [batch, seq, d_model], the input of the LM head.
+    def residual_stream(
+        self, tokens: torch.Tensor, observer: Observer | None = None
+    ) -> torch.Tensor:
+        """The last block's output [batch, seq, d_model], before the final norm.
 
         `observer(index, block_input, block_output)`, if given, is called after each block with
         its residual stream in and out ([batch, seq, d_model]), here in the loop rather than by
@@ -192,7 +224,25 @@ class Transformer(nn.Module):
             block_input, x = x, block(x, cos, sin)
             if observer is not None:
                 observer(index, block_input, x)
-        return self.final_norm(x)
+        return x
+
+    def hidden_states(self, tokens: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
+        """Final-norm output [batch, seq, d_model], the input of the LM head; `observer` is as
+        in `residual_stream`."""
+        return self.final_norm(self.residual_stream(tokens, observer))
+
+    def head_loss(
+        self, x: torch.Tensor, targets: torch.Tensor, reduction: Reduction = "mean"
+    ) -> torch.Tensor:
+        """Final norm, LM head and loss of the residual stream `x` against `targets`.
+
+        One method so that the whole tail of the model can be compiled as one graph
+        (`run.compile_loss`) rather than left as an eager island after compiled blocks.
+        """
+        hidden = self.final_norm(x)
+        return linear_cross_entropy(
+            hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction
+        )
 
     def forward(
         self,
@@ -207,11 +257,9 @@ class Transformer(nn.Module):
         shape [batch * seq] in row-major order (token t of sequence b at b * seq + t, so
         `.view(batch, seq)` restores the layout), for scoring under `torch.no_grad()`. The loss
         never materialises the full float32 logits: it is computed in chunks of tokens, which
-        keeps memory flat in the vocabulary size. `observer` is as in `hidden_states`.
+        keeps memory flat in the vocabulary size. `observer` is as in `residual_stream`.
         """
-        hidden = self.hidden_states(tokens, observer)
+        x = self.residual_stream(tokens, observer)
         if targets is None:
-            return self.lm_head(hidden)
-        return linear_cross_entropy(
-            hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction
-        )
+            return self.lm_head(self.final_norm(x))
+        return self.head_loss(x, targets, reduction)

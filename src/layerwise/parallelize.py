@@ -3,9 +3,12 @@
 The model code knows nothing of parallelism; this module applies, in the order that composes
 (as torchtitan does), everything that changes how the model runs but not what it computes:
 
+0. the speed levers that change how a block computes (`SpeedOptions`): FP8 matmuls through
+   torchao and a pinned attention kernel;
 1. activation checkpointing per block, so a block's activations are recomputed in backward;
-2. `torch.compile` per block, so each distinct block shape gets its own fused kernels while
-   the embedding, LM head and chunked loss stay eager;
+2. `torch.compile` per block, so each distinct block shape gets its own fused kernels, or of
+   the whole model as one graph; the final norm, LM head and chunked loss can be compiled on
+   their own as well (`compile_loss`), so they are not an eager island after compiled blocks;
 3. data parallelism: DDP around the whole model, or FSDP2's `fully_shard` on every block and
    then on the root, so each block's parameters are gathered just before it runs.
 
@@ -18,8 +21,10 @@ bf16), which matters only for models large enough to need sharding at all.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -32,8 +37,32 @@ from torch.nn.parallel import DistributedDataParallel
 
 from layerwise.distributed import DistInfo, is_distributed
 from layerwise.errors import UserError
+from layerwise.model import Attention, AttentionBackend
 
 Strategy = Literal["none", "ddp", "fsdp"]
+CompileMode = Literal["blocks", "model"]
+CUDA_ONLY_BACKENDS = frozenset({"cudnn", "efficient"})
+HALF_ONLY_BACKENDS = frozenset({"flash", "cudnn"})
+"""SDPA kernels that have no float32 version on CUDA: they need bf16 autocast there."""
+FP8_MIN_CAPABILITY = (8, 9)
+"""FP8 tensor cores start with Ada and Hopper (H100: 9.0)."""
+FP8_DIM_MULTIPLE = 16
+"""torch._scaled_mm needs both dimensions of an FP8 weight to be multiples of 16."""
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How fast a run computes the same model: the `run.*` speed levers, each off by default.
+
+    `compile_mode` matters only when the run compiles; `compile_loss` is implied by a
+    whole-model compile, whose graph already holds the loss.
+    """
+
+    compile_mode: CompileMode = "blocks"
+    compile_loss: bool = False
+    attention: AttentionBackend = "auto"
+    fp8: bool = False
+
 
 COMPILE_VARIANTS_PER_SHAPE = 2
 """Compiled graphs one block shape needs: grad enabled or not (training vs evaluation). Input
@@ -49,28 +78,137 @@ def parallelize(
     *,
     compile: bool,
     activation_checkpointing: bool,
+    speed: SpeedOptions | None = None,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """The model ready to train on this rank: wrapped blocks, then the data-parallel wrapper.
 
     Blocks are replaced in place inside `model.blocks`, so the returned module (the same object
-    for "none" and "fsdp", a DDP wrapper for "ddp") shares its parameters with `model`.
+    for "none" and "fsdp", a DDP wrapper for "ddp") shares its parameters with `model`. Every
+    step keeps parameter names unchanged, so checkpoints load whatever was switched on. `dtype`
+    is the run's autocast dtype (None: float32), which some attention kernels need.
 
     A single process without a process group trains the unwrapped model even under "ddp" or
     "fsdp": with one rank there is nothing to synchronise, and a config written for a cluster
     still runs on a laptop. Under torchrun, even with one process, the wrapper is applied, so a
     one-GPU torchrun exercises the same code as a cluster.
     """
+    speed = speed or SpeedOptions()
     check_strategy(strategy, dist)
+    check_speed_options(speed, dist.device, dtype, strategy, compile)
+    if speed.fp8:
+        convert_to_fp8(model)
+    set_attention_backend(model, speed.attention)
     blocks = transformer_blocks(model)
     if activation_checkpointing:
         checkpoint_blocks(blocks)
-    if compile:
+    whole_model = compile and speed.compile_mode == "model"
+    if whole_model:
+        compile_model(model)
+    elif compile:
         compile_blocks(blocks)
+    if speed.compile_loss and not whole_model:
+        compile_loss(model, reset=not compile)
     if strategy == "none" or not is_distributed():
         return model
     if strategy == "ddp":
         return wrap_ddp(model, dist)
     return shard_fsdp(model, blocks, dist)
+
+
+def check_speed_options(
+    speed: SpeedOptions,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    strategy: str,
+    compile: bool,
+) -> None:
+    """Refuse, before anything is built, a lever this device or layout cannot run.
+
+    Without this a CUDA-only attention kernel fails on CPU deep inside the first forward pass
+    ("No viable backend"), and FP8 fails inside torchao; the message here says what to change.
+    """
+    if speed.compile_mode not in get_args(CompileMode):
+        raise UserError(
+            f"unknown run.compile_mode {speed.compile_mode!r}; choose one of "
+            f"{', '.join(get_args(CompileMode))}"
+        )
+    if compile and speed.compile_mode == "model" and strategy == "fsdp":
+        raise UserError(
+            "run.compile_mode=model does not compose with FSDP2, whose per-block hooks would "
+            "break the graph; use run.compile_mode=blocks (the default) with fsdp"
+        )
+    check_attention_backend(speed.attention, device, dtype)
+    if speed.fp8:
+        check_fp8(device)
+
+
+def check_attention_backend(backend: str, device: torch.device, dtype: torch.dtype | None) -> None:
+    """The kernel must exist on this device for this dtype: on CPU only auto, flash and math."""
+    if backend not in get_args(AttentionBackend):
+        raise UserError(
+            f"unknown run.attention {backend!r}; choose one of "
+            f"{', '.join(get_args(AttentionBackend))}"
+        )
+    if backend in CUDA_ONLY_BACKENDS and device.type != "cuda":
+        raise UserError(
+            f"run.attention={backend} is a CUDA kernel and this run is on {device.type}; "
+            "use run.attention=auto (or flash or math, which also run on CPU)"
+        )
+    if device.type == "cuda" and backend in HALF_ONLY_BACKENDS and dtype is None:
+        raise UserError(
+            f"run.attention={backend} has no float32 kernel on CUDA; use run.precision=bf16 "
+            "(or auto) with it, or run.attention=auto"
+        )
+
+
+def check_fp8(device: torch.device) -> None:
+    """FP8 training needs torchao and FP8 tensor cores; say which one is missing."""
+    if importlib.util.find_spec("torchao") is None:
+        raise UserError(
+            "run.fp8=true needs torchao: pip install 'layerwise[fp8]' (or run.fp8=false)"
+        )
+    if device.type != "cuda":
+        raise UserError(
+            f"run.fp8=true needs a CUDA GPU with FP8 tensor cores (H100/H200, L40, RTX 40xx) "
+            f"and this run is on {device.type}; set run.fp8=false"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        raise UserError(
+            f"run.fp8=true needs compute capability {FP8_MIN_CAPABILITY[0]}."
+            f"{FP8_MIN_CAPABILITY[1]} or higher (H100, L40, RTX 40xx); "
+            f"{torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}; "
+            "set run.fp8=false"
+        )
+
+
+def convert_to_fp8(model: nn.Module) -> None:
+    """Swap the blocks' linear layers for torchao's Float8Linear (dynamic scaling), in place.
+
+    Float8Linear subclasses nn.Linear and keeps its `weight`, so parameter names and
+    checkpoints are unchanged. The LM head is left alone: the loss reads its weight directly
+    and never calls it. Layers whose dimensions are not multiples of 16 stay in bf16, as FP8
+    matmuls need them to be.
+    """
+    from torchao.float8 import convert_to_float8_training
+
+    def wanted(module: nn.Module, name: str) -> bool:
+        return (
+            name.startswith("blocks.")
+            and isinstance(module, nn.Linear)
+            and module.in_features % FP8_DIM_MULTIPLE == 0
+            and module.out_features % FP8_DIM_MULTIPLE == 0
+        )
+
+    convert_to_float8_training(model, module_filter_fn=wanted)
+
+
+def set_attention_backend(model: nn.Module, backend: AttentionBackend) -> None:
+    """Pin every attention layer's SDPA kernel (checked by `check_attention_backend`)."""
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.backend = backend
 
 
 def check_strategy(strategy: str, dist: DistInfo) -> None:
@@ -128,6 +266,36 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
     set_recompile_limit(count_block_shapes(blocks))
     for block in blocks:
         block.compile()
+
+
+def compile_model(model: nn.Module) -> None:
+    """Compile the whole model (embedding, blocks, final norm, head and loss) as one graph.
+
+    The alternative to `compile_blocks`: one graph lets inductor fuse across block boundaries
+    and into the loss, at the price of a longer compile that grows with the number of layers.
+    Dynamo unrolls the block loop and specialises each block to its own shapes, so a
+    layer-wise model needs no raised recompile limit: one graph for training, one for
+    evaluation. `Module.compile` keeps parameter names, so checkpoints stay interchangeable.
+    """
+    torch._dynamo.reset()
+    set_recompile_limit(1)
+    model.compile()
+
+
+def compile_loss(model: nn.Module, *, reset: bool) -> None:
+    """Compile the model's final norm + LM head + chunked loss (`head_loss`) as one graph.
+
+    The loss's custom autograd function traces without a graph break, so the tail of the
+    model fuses like the blocks do instead of running eagerly between them. The chunk size is
+    fixed, so the graph is static: one for training, one for evaluation. `reset` starts from a
+    fresh compiler when nothing else compiled in this run (compile_blocks resets it otherwise).
+    """
+    if reset:
+        torch._dynamo.reset()
+    head_loss = getattr(model, "head_loss", None)
+    if head_loss is None:
+        raise TypeError(f"{type(model).__name__} has no `head_loss` to compile")
+    model.head_loss = torch.compile(head_loss, dynamic=False)
 
 
 def count_block_shapes(blocks: nn.ModuleList) -> int:

@@ -36,6 +36,7 @@ from layerwise.build import (
     compute_dtype,
     init_from,
     parallel_strategy,
+    speed_options,
     with_data_vocab,
 )
 from layerwise.callbacks import (
@@ -51,6 +52,7 @@ from layerwise.config import BatchPlan, Config, batch_plan, config_hash, dump_co
 from layerwise.data import META_FILE, TOKENIZER_FILE
 from layerwise.distributed import DistInfo, decide_on_main, init_distributed
 from layerwise.errors import UserError
+from layerwise.evaluation.callback import DownstreamEval, latest_downstream
 from layerwise.fsutil import atomic_write_json, atomic_write_text
 from layerwise.loader import (
     DeviceBatches,
@@ -165,6 +167,8 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
         parallel_strategy(config, dist),
         compile=config.run.compile,
         activation_checkpointing=config.parallel.activation_checkpointing,
+        speed=speed_options(config),
+        dtype=dtype,
     )
     optimizer = build_optimizer(model, config.optim, dist.device)
     sampler = WindowSampler(
@@ -338,6 +342,8 @@ def builtin_callbacks(run: Run) -> list[Callback]:
             protect=branch_steps(run.steps, config.optim),
         ),
     ]
+    if config.eval.tasks:
+        callbacks.insert(-1, DownstreamEval(config.eval, config.train.val_interval))
     return callbacks
 
 
@@ -453,6 +459,7 @@ def summarize(run: Run, tokens_per_s: float | None, stopped_early: str | None) -
         versions=versions(),
         config_hash=config_hash(run.config),
         stopped_early=stopped_early,
+        downstream=latest_downstream(run.run_dir) if run.config.eval.tasks else None,
     )
 
 

@@ -13,7 +13,23 @@ import sys
 
 from layerwise.errors import UserError
 
-COMMAND_MODULES = ("profile", "data", "train", "compare", "report", "runs", "plot", "demo")
+COMMAND_MODULES = (
+    "profile",
+    "data",
+    "train",
+    "compare",
+    "report",
+    "plan",
+    "runs",
+    "plot",
+    "demo",
+    "eval",
+    "export",
+    "import_hf",
+    "generate",
+    "analyze",
+    "search",
+)
 
 
 WRITE_ERRORS = {

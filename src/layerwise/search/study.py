@@ -1,0 +1,187 @@
+"""The Optuna study: storage shared by workers, sampler, pruner, and the first trials.
+
+By default the study lives in `DIR/study.journal`, an Optuna journal file: many processes on
+one machine, or a SLURM array on a shared filesystem, append to it under a file lock, with no
+database server. `--storage` takes an RDB URL (sqlite:///..., postgresql://...) instead, or
+another journal file path. The search plan is saved in the study's user attributes, so a worker
+started with other settings is refused instead of mixing two experiments in one study.
+
+Setting the study up (saving the plan, enqueuing the five baselines, re-enqueuing interrupted
+trials) happens under a lock file in DIR, so workers started together enqueue everything once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import FrozenTrial, TrialState
+
+from layerwise.errors import UserError
+from layerwise.search.plan import BASELINES, SearchPlan
+from layerwise.search.space import baseline_params
+
+STUDY_NAME = "layerwise-search"
+JOURNAL_FILE = "study.journal"
+PLAN_ATTR = "plan"
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+SAMPLERS = ("tpe", "cmaes", "gp", "random")
+PRUNERS = ("sha", "hyperband", "none")
+_SAMPLER_NEEDS = {"cmaes": "cmaes", "gp": "scipy"}
+
+
+def open_storage(storage: str | None, out: Path) -> BaseStorage:
+    """The journal file in OUT, another journal file, or an RDB URL; unreachable: a UserError."""
+    if storage is not None and "://" in storage:
+        try:
+            return RDBStorage(
+                storage,
+                heartbeat_interval=60,
+                grace_period=300,
+                failed_trial_callback=lambda study, trial: requeue_interrupted(study),
+            )
+        except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use it"
+            raise UserError(
+                f"--storage {storage}: cannot open the database ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); check the URL, that the server is reachable and "
+                "that its driver is installed"
+            ) from None
+    path = Path(storage) if storage is not None else out / JOURNAL_FILE
+    if not path.parent.is_dir():
+        raise UserError(
+            f"--storage {path}: directory {path.parent} does not exist or is unreachable; "
+            "give a journal file on a (shared) filesystem every worker can write"
+        )
+    try:
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    except OSError as exc:
+        raise UserError(
+            f"--storage {path}: cannot open the journal file ({exc.strerror})"
+        ) from None
+    return JournalStorage(backend)
+
+
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The sampler; those that need an optional package say which, before the first trial."""
+    module = _SAMPLER_NEEDS.get(name)
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise UserError(f"--sampler {name} needs the {module} package: pip install {module}")
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(name: str, plan: SearchPlan) -> optuna.pruners.BasePruner:
+    """Successive halving or Hyperband over the rungs (resources are training steps)."""
+    steps = plan.rung_steps()
+    if name == "none" or len(steps) == 1:
+        return optuna.pruners.NopPruner()
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=steps[0], max_resource=steps[-1], reduction_factor=plan.eta
+        )
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=steps[0], reduction_factor=plan.eta, min_early_stopping_rate=0
+    )
+
+
+@contextlib.contextmanager
+def setup_lock(out: Path) -> Iterator[None]:
+    """One worker at a time sets the study up (a lock file, safe on NFS like the journal's)."""
+    lock = JournalFileOpenLock(str(out / "setup.lock"))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def open_study(
+    plan: SearchPlan, out: Path, storage: str | None, sampler: str, seed: int | None, pruner: str
+) -> optuna.Study:
+    """Create or continue the study in the storage, its plan checked, its first trials queued."""
+    out.mkdir(parents=True, exist_ok=True)
+    store = open_storage(storage, out)
+    with setup_lock(out):
+        study = optuna.create_study(
+            storage=store,
+            study_name=STUDY_NAME,
+            direction="minimize",
+            sampler=make_sampler(sampler, seed),
+            pruner=make_pruner(pruner, plan),
+            load_if_exists=True,
+        )
+        check_same_plan(study, plan)
+        if not study.trials:
+            enqueue_baselines(study, plan)
+        requeue_interrupted(study)
+    return study
+
+
+def check_same_plan(study: optuna.Study, plan: SearchPlan) -> None:
+    saved = study.user_attrs.get(PLAN_ATTR)
+    wanted = plan.to_dict()
+    if saved is None:
+        study.set_user_attr(PLAN_ATTR, wanted)
+        return
+    differences = [
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in wanted.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        raise UserError(
+            f"the study in this storage was started with other settings ({'; '.join(differences)});"
+            " a study holds one experiment: rerun with its settings, or use a new --out/--storage"
+        )
+
+
+def enqueue_baselines(study: optuna.Study, plan: SearchPlan) -> None:
+    """The study's five profiles, before any sampled shape."""
+    n_layers = plan.base().model.n_layers
+    for name in BASELINES:
+        study.enqueue_trial(
+            baseline_params(name, plan.space, n_layers),
+            user_attrs={"source": name, "baseline": name},
+            skip_if_exists=False,
+        )
+
+
+def origin(trial: FrozenTrial) -> int:
+    """The trial whose run directory this one continues (itself unless it resumes one)."""
+    return int(trial.user_attrs.get("resume_of", trial.number))
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """Queue again every interrupted trial that nothing continues yet, with its parameters and
+    source: the new trial resumes the interrupted one's run directory and rungs, so no trial is
+    lost and no finished work is repeated.
+
+    Interrupted means failed without an `error` attribute: stopped by a signal, or (with an RDB
+    storage's heartbeat) a worker that died; a trial that raised an error is not retried.
+    """
+    trials = study.get_trials(deepcopy=False)
+    taken = {origin(t) for t in trials if t.state != TrialState.FAIL}
+    for trial in trials:
+        if trial.state != TrialState.FAIL or "error" in trial.user_attrs or not trial.params:
+            continue
+        if origin(trial) in taken:
+            continue
+        attrs = {k: v for k, v in trial.user_attrs.items() if k in ("source", "baseline")}
+        attrs["resume_of"] = origin(trial)
+        attrs["resumed_rungs"] = [[int(s), float(v)] for s, v in trial.intermediate_values.items()]
+        study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+        taken.add(origin(trial))
+
+
+def done_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=DONE))
