@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.evaluation.report import RunRef, downstream_section
+from layerwise.report_render import render_html, render_markdown
 from layerwise.rundir import RunSummary
 
 
@@ -89,13 +90,14 @@ def test_downstream_section_table_chance_and_figure(tmp_path: Path) -> None:
     # beat 0.5 + 0.023.
     assert section.above_chance == ["arc_easy"]
     assert not rows["crown", "piqa"].above_chance
+    markdown = render_markdown("report", [section.section])
     assert "| arc_easy | len_norm | 25.0 | 25.0 | 25.0 | 37.0 ± 1.4 | 41.0 ± 1.4 (+4.0) |" in (
-        section.markdown
+        markdown
     )
-    assert "piqa (at chance)" in section.markdown
-    assert "Above chance at this scale: arc_easy." in section.markdown
-    assert "![downstream_core](figures/downstream_core.png)" in section.markdown
-    assert "<td>41.0 ± 1.4 (+4.0)</td>" in section.html
+    assert "piqa (at chance)" in markdown
+    assert "Above chance at this scale: arc_easy." in markdown
+    assert "![downstream_core](figures/downstream_core.png)" in markdown
+    assert "<td>41.0 ± 1.4 (+4.0)</td>" in render_html("report", [section.section])
     assert section.figure == tmp_path / "figures" / "downstream_core.png"
     assert section.figure.stat().st_size > 0
 

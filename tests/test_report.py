@@ -107,3 +107,31 @@ def test_rerunning_compare_repairs_a_damaged_manifest(
     assert main([*argv, "--out", str(comparison), "train.steps=4"]) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 4
     assert main(["report", str(comparison)]) == 0
+
+
+def test_downstream_scores_get_their_section_in_both_formats(comparison: Path) -> None:
+    """Runs that scored tasks in the loop (here written into their files as the trainer does)
+    add a downstream table and figure to the comparison's report."""
+    for seed in (0, 1):
+        for profile, accuracy in (("isotropic", 0.30), ("crown", 0.34)):
+            run_dir = comparison / profile / f"seed{seed}"
+            score = {"n": 500, "primary": "acc", "acc": accuracy, "len_norm": accuracy}
+            score |= {"bpb": 1.0, "chance": 0.25, "majority": 0.25}
+            record = {"type": "downstream", "step": 4, "tokens": 4096, "tasks": {"sciq": score}}
+            with open(run_dir / "metrics.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["downstream"] = {k: record[k] for k in ("step", "tokens", "tasks")}
+            (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(comparison)]) == 0
+    markdown = (comparison / "report.md").read_text()
+    assert "## Downstream tasks" in markdown and "| sciq | acc |" in markdown
+    assert "<h2>Downstream tasks</h2>" in (comparison / "report.html").read_text()
+
+
+def test_report_analyze_adds_the_layer_analysis(comparison: Path) -> None:
+    assert main(["report", str(comparison), "--analyze"]) == 0
+    assert (comparison / "analysis" / "analysis.json").is_file()
+    markdown = (comparison / "report.md").read_text()
+    assert "## Layer analysis" in markdown and "](analysis/logit_lens.png)" in markdown
+    assert "<h2>Layer analysis</h2>" in (comparison / "report.html").read_text()

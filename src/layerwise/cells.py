@@ -17,6 +17,8 @@ from layerwise.errors import UserError
 from layerwise.fsutil import atomic_write_json
 
 MANIFEST_FILE = "comparison.json"
+ANALYSIS_DIR = "analysis"
+"""OUT/analysis/: the layer analysis of a comparison (`--analyze`, layerwise.analysis)."""
 
 
 @dataclass(frozen=True)

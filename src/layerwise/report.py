@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerwise.cells import Cell, ComparisonPlan, plan_cells, read_plan, row_label
+from layerwise.cells import ANALYSIS_DIR, Cell, ComparisonPlan, plan_cells, read_plan, row_label
 from layerwise.errors import UserError
+from layerwise.evaluation.report import RunRef, downstream_section
 from layerwise.fsutil import atomic_write_text
 from layerwise.report_figures import write_plots
 from layerwise.report_render import (
@@ -430,9 +431,38 @@ def transfer_section(context: ReportContext) -> Section | None:
     )
 
 
+def downstream_report_section(context: ReportContext) -> Section | None:
+    """Downstream task scores per row (layerwise.evaluation), when the runs measured any."""
+    refs = [
+        RunRef(result.cell.run_dir, row, result.cell.seed)
+        for row, results in context.runs.items()
+        for result in results
+    ]
+    found = downstream_section(
+        refs, list(context.runs), context.reference, context.out / "figures", context.out
+    )
+    return None if found is None else found.section
+
+
+def analysis_report_section(context: ReportContext) -> Section | None:
+    """The layer analysis (`--analyze`, layerwise.analysis), when OUT/analysis/ holds one."""
+    directory = context.out / ANALYSIS_DIR
+    if not (directory / "analysis.json").exists():
+        return None
+    text = (
+        f"What each layer does, every run against its seed's `{context.reference}` run: "
+        f"{ANALYSIS_DIR}/analysis.md says it in words, {ANALYSIS_DIR}/analysis.json has the "
+        "numbers."
+    )
+    figures = tuple(p.relative_to(context.out) for p in sorted(directory.glob("*.png")))
+    return Section("Layer analysis", (Paragraph(text), Figures(figures)))
+
+
 SECTION_BUILDERS: list[SectionBuilder] = [
     summary_section,
     transfer_section,
+    downstream_report_section,
+    analysis_report_section,
     details_section,
     figures_section,
 ]

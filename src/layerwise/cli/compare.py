@@ -80,7 +80,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="delete and retrain the cells whose runs in --out were made with other settings "
         "(without it, such runs stop the command before any training)",
     )
+    add_analyze_flag(parser)
     parser.set_defaults(func=run)
+
+
+def add_analyze_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="also run `layerwise analyze` on the finished runs (OUT/analysis/) and add its "
+        "section to the report",
+    )
 
 
 DEFAULT_PROFILES = "isotropic,vanilla,framed,reverse,crown"
@@ -134,10 +144,16 @@ def announce(console: Console) -> Callable[[int, int, Cell, str], None]:
     return on_run
 
 
-def print_report(console: Console, out: str) -> None:
+def print_report(console: Console, out: str, analyze: bool = False) -> None:
+    """Write the report (after the layer analysis, when asked for) and print its table."""
     from layerwise.report import sentence, summary_table, write_report
     from layerwise.report_render import markdown_table
 
+    if analyze:
+        from layerwise.analysis import analyze_comparison
+
+        console.print(f"analysis: every finished run of {out} against its seed's reference")
+        analyze_comparison(out)
     files, rows = write_report(out)
     reference = next((row.label for row in rows if row.verdict == "reference"), "the reference")
     console.print(escape(markdown_table(summary_table(rows))))
@@ -152,10 +168,13 @@ def print_report(console: Console, out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return execute(Console(), plan_from_args(args), rerun_changed=args.rerun_changed)
+    plan = plan_from_args(args)
+    return execute(Console(), plan, rerun_changed=args.rerun_changed, analyze=args.analyze)
 
 
-def execute(console: Console, plan: ComparisonPlan, rerun_changed: bool = False) -> int:
+def execute(
+    console: Console, plan: ComparisonPlan, rerun_changed: bool = False, analyze: bool = False
+) -> int:
     """Train the missing runs, then (on rank 0) write and print the report."""
     from layerwise.compare import is_main_process, run_comparison
     from layerwise.distributed import shutdown
@@ -171,5 +190,5 @@ def execute(console: Console, plan: ComparisonPlan, rerun_changed: bool = False)
     finally:
         shutdown()
     if main_process:
-        print_report(console, str(plan.out))
+        print_report(console, str(plan.out), analyze)
     return 0

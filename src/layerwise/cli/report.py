@@ -6,10 +6,11 @@ import argparse
 
 from rich.console import Console
 
-from layerwise.cli.compare import print_report
+from layerwise.cli.compare import add_analyze_flag, print_report
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="regenerate a comparison's report and figures")
     parser.add_argument("out", help="the --out directory of `layerwise compare`")
-    parser.set_defaults(func=lambda args: print_report(Console(), args.out) or 0)
+    add_analyze_flag(parser)
+    parser.set_defaults(func=lambda args: print_report(Console(), args.out, args.analyze) or 0)

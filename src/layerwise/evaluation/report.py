@@ -10,7 +10,6 @@ task's size: below that, differences between profiles are noise, whatever the ta
 
 from __future__ import annotations
 
-import html
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 from layerwise.evaluation.metrics import RECORD_TYPE
 from layerwise.evaluation.tasks import CORE
 from layerwise.plots import plot_panels
+from layerwise.report_render import Block, Figures, Paragraph, Section, Table
 from layerwise.rundir import METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
 
 FIGURE_NAME = "downstream_core.png"
@@ -76,8 +76,8 @@ class DownstreamRow:
 @dataclass(frozen=True)
 class DownstreamSection:
     rows: list[DownstreamRow]
-    markdown: str
-    html: str
+    section: Section
+    """The report's "Downstream tasks" section: summary, table, figure (layerwise.report_render)."""
     figure: Path | None
     above_chance: list[str]
     """Tasks on which some profile scores above chance (see the module docstring)."""
@@ -211,32 +211,6 @@ def summary_line(rows: Sequence[DownstreamRow], reference: str) -> str:
     )
 
 
-def render_markdown(grid: Sequence[Sequence[str]], intro: str, figure: str | None) -> str:
-    lines = ["## Downstream tasks", "", intro, ""]
-    lines.append("| " + " | ".join(grid[0]) + " |")
-    lines.append("|" + "---|" * len(grid[0]))
-    lines += ["| " + " | ".join(row) + " |" for row in grid[1:]]
-    if figure is not None:
-        lines += ["", f"![downstream_core]({figure})"]
-    return "\n".join(lines) + "\n"
-
-
-def render_html(grid: Sequence[Sequence[str]], intro: str, figure: str | None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in grid[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in grid[1:]
-    )
-    image = (
-        ""
-        if figure is None
-        else f'<figure><img src="{html.escape(figure)}" alt="downstream_core"></figure>'
-    )
-    return (
-        f"<h2>Downstream tasks</h2><p>{html.escape(intro)}</p>"
-        f"<table><tr>{head}</tr>{body}</table>{image}"
-    )
-
-
 def core_curves(
     scores: Sequence[RunScores], profiles: Sequence[str]
 ) -> dict[str, dict[str, list[tuple[float, float]]]]:
@@ -288,13 +262,16 @@ def downstream_section(
             xlabel="tokens (millions)",
             ylabel="primary score (fraction correct)",
         )
-    link = None if figure is None else figure.relative_to(report_dir).as_posix()
     grid = table_grid(rows, profiles)
-    intro = summary_line(rows, reference)
+    blocks: list[Block] = [
+        Paragraph(summary_line(rows, reference)),
+        Table(tuple(grid[0]), tuple(tuple(row) for row in grid[1:])),
+    ]
+    if figure is not None:
+        blocks.append(Figures((figure.relative_to(report_dir),)))
     return DownstreamSection(
         rows=rows,
-        markdown=render_markdown(grid, intro, link),
-        html=render_html(grid, intro, link),
+        section=Section("Downstream tasks", tuple(blocks)),
         figure=figure,
         above_chance=above_chance_tasks(rows),
     )

@@ -11,8 +11,9 @@ a promoted trial pays only the short decays again, not the whole rung.
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from layerwise.build import build_shape, with_data_vocab
@@ -42,8 +43,8 @@ class SearchPlan:
     """Profile whose parameters (or FLOPs) every trial matches (default: the config's, else
     isotropic); ignored when the config sets model.target_params."""
 
-    def base(self, extra: tuple[str, ...] = ()) -> Config:
-        return load_config(self.config, (*self.overrides, *extra))
+    def base(self) -> Config:
+        return _load(self.config, self.overrides)
 
     @property
     def reference(self) -> str:
@@ -103,17 +104,19 @@ class SearchPlan:
         extra: tuple[str, ...] = (),
     ) -> Config:
         """The config of one trial's run at `steps` (a rung), vocabulary resolved; `extra`
-        overrides go last (the fidelity check's other seeds)."""
+        overrides go last (the fidelity check's other seeds). Rungs differ only in length:
+        the config is read once per trial and copied with each rung's steps."""
         overrides = (
             *self.schedule_overrides(),
             *self.shape_overrides(baseline, shape),
             *self.budget_overrides(baseline),
             f"run.dir={run_dir}",
-            f"train.steps={steps}",
+            f"train.steps={self.rung_steps()[-1]}",
             "train.tokens=null",
             *extra,
         )
-        return with_data_vocab(self.base(overrides))
+        config = with_data_vocab(_load(self.config, (*self.overrides, *overrides)))
+        return replace(config, train=replace(config.train, steps=steps))
 
     def to_dict(self) -> dict:
         """The plan as saved with the study: JSON, config path made absolute."""
@@ -122,6 +125,12 @@ class SearchPlan:
         plan["space"] = self.space.to_dict()
         plan["overrides"] = list(self.overrides)
         return json.loads(json.dumps(plan))
+
+
+@functools.lru_cache(maxsize=16)
+def _load(config: str, overrides: tuple[str, ...]) -> Config:
+    """Reading a config costs ~0.1 s; callers treat it as read-only (`replace` to change)."""
+    return load_config(config, overrides)
 
 
 def resolved_shape(config: Config) -> ModelShape:

@@ -1,0 +1,194 @@
+"""Profile search end to end on a tiny model: baselines first, pruning, reuse, resuming, and
+the messages for bad input. Trials are 18 steps with rungs at 2, 6 and 18 steps."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+
+from conftest import markov_tokens, write_token_dir
+from layerwise.callbacks import Callback
+from layerwise.cells import ComparisonPlan
+from layerwise.cli import main as cli_main
+from layerwise.errors import UserError
+from layerwise.metrics import read_records
+from layerwise.search.fidelity import check_fidelity
+from layerwise.search.plan import BASELINES, SearchPlan
+from layerwise.search.run import run_search
+from layerwise.search.space import SearchSpace, baseline_params
+from layerwise.search.study import open_study
+from layerwise.training import RunInterrupted, Trainer
+
+TINY = """
+model:
+  n_layers: 4
+  d_model: 32
+  head_dim: 8
+  gqa_group: 2
+  ffn_divisor: 16
+  vocab_size: null
+  match: isotropic
+data:
+  seq_len: 16
+  val_windows: 10
+batch:
+  global_batch: 8
+  micro_batch: 8
+optim:
+  lr: 3.0e-3
+  warmup_steps: 1
+train:
+  steps: 18
+  seed: 3
+checkpoint:
+  interval: 100
+  keep: 1
+run:
+  device: cpu
+  progress: false
+"""
+
+
+def write_config(directory: Path, data: Path, text: str = TINY) -> Path:
+    path = directory / "tiny.yaml"
+    path.write_text(text.replace("data:\n", f"data:\n  dir: {data}\n", 1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> tuple[Path, Path]:
+    """An 8-trial search (random sampler): five baselines and three sampled shapes."""
+    root = tmp_path_factory.mktemp("search")
+    config = write_config(root, markov_data)
+    run_search(SearchPlan(str(config)), root / "out", 8, sampler="random", seed=0, say=print)
+    return config, root / "out"
+
+
+def trials_of(out: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))
+    )
+    return optuna.load_study(study_name="layerwise-search", storage=storage).trials
+
+
+def test_the_five_baselines_come_first_and_pruning_happens(searched: tuple[Path, Path]) -> None:
+    _, out = searched
+    trials = trials_of(out)
+    assert [t.user_attrs["source"] for t in trials[:5]] == list(BASELINES)
+    assert sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) >= 1
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["source"] for r in rows[:5]] == list(BASELINES)
+    assert {"trial", "state", "source", "d_ffn", "heads", "params", "tokens", "val_loss"} <= set(
+        rows[0]
+    )
+    report = (out / "report.md").read_text()
+    assert "isotropic" in report and "Compute:" in report
+    assert (out / "figures" / "shapes.png").exists() and (out / "figures" / "history.png").exists()
+
+
+def test_a_repeated_rounded_shape_reuses_its_result(searched: tuple[Path, Path]) -> None:
+    config, out = searched
+    plan = SearchPlan(str(config))
+    study = open_study(plan, out, None, "random", 1, "sha")
+    nudged = {
+        k: v * 1.001 if isinstance(v, float) else v
+        for k, v in baseline_params("isotropic", plan.space, 4).items()
+    }
+    study.enqueue_trial(nudged)
+    result = run_search(plan, out, 9, sampler="random", seed=1, say=print)
+    last = result.study.trials[-1]
+    assert last.user_attrs["reused_from"] == 0
+    assert last.value == result.study.trials[0].value
+    assert not (out / "trials" / f"trial-{last.number:04d}").exists()
+
+
+class SignalAt(Callback):
+    """Sends SIGINT to this process at `step` of the run in `run_dir`, as Ctrl-C would."""
+
+    def __init__(self, run_dir: Path, step: int) -> None:
+        self.run_dir, self.step = run_dir, step
+
+    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if trainer.run.run_dir == self.run_dir and trainer.state.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_interrupted_search_resumes_with_no_trial_lost_or_repeated(
+    tmp_path: Path, markov_data: Path
+) -> None:
+    plan = SearchPlan(str(write_config(tmp_path, markov_data)))
+    out = tmp_path / "out"
+    stop = SignalAt(out / "trials" / "trial-0006", step=10)  # in its last rung
+    with pytest.raises(RunInterrupted):
+        run_search(plan, out, 8, sampler="random", seed=0, callbacks=[stop], say=print)
+    run_search(plan, out, 8, sampler="random", seed=0, say=print)
+    trials = trials_of(out)
+    done = [t for t in trials if t.state.is_finished() and t.state.name != "FAIL"]
+    assert len(done) == 8
+    resumed = [t for t in trials if t.user_attrs.get("resume_of") == 6]
+    assert len(resumed) == 1 and resumed[0].params == trials[6].params
+    # the resumed trial continued trial 6's run: its steps after the interruption come once
+    records = read_records(out / "trials" / "trial-0006" / "metrics.jsonl")
+    steps = [r["step"] for r in records if r["type"] == "train" and r["step"] > 6]
+    assert steps.count(11) == 1
+    keys = [t.user_attrs["key"] for t in done if "reused_from" not in t.user_attrs]
+    assert len(keys) == len(set(keys))
+
+
+def test_bad_input_gets_clear_messages(
+    tmp_path: Path, markov_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, markov_data)
+    two_layers = write_config(tmp_path, markov_data, TINY.replace("n_layers: 4", "n_layers: 2"))
+    with pytest.raises(UserError, match="search space cannot meet the budget with frame=on"):
+        run_search(SearchPlan(str(two_layers), space=SearchSpace(frame="on")), tmp_path / "a", 6)
+    with pytest.raises(UserError, match="cannot open the database"):
+        run_search(SearchPlan(str(config)), tmp_path / "b", 6, "sqlite:////no/such/dir/s.db")
+    with pytest.raises(UserError, match="does not exist or is unreachable"):
+        run_search(SearchPlan(str(config)), tmp_path / "c", 6, "/no/such/dir/study.journal")
+    train_only = write_token_dir(tmp_path / "noval", {"train": markov_tokens(2000, 0)}, 61)
+    args = ["search", str(config), f"data.dir={train_only}", "--out", str(tmp_path / "d")]
+    assert cli_main(args) == 2
+    assert "no validation split" in capsys.readouterr().err
+
+
+def test_the_cli_continues_a_finished_study_without_training(
+    searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, out = searched
+    assert cli_main(["search", str(config), "--out", str(out), "--trials", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "Profile search" in printed and "trials.csv" in printed
+    assert cli_main(["search", str(config), "--out", str(out), "--anchors", "3"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_fidelity_check_reports_rank_correlation(tmp_path: Path, markov_data: Path) -> None:
+    plan = SearchPlan(str(write_config(tmp_path, markov_data)), trial_steps=6, rungs=1)
+    result = check_fidelity(plan, tmp_path, n_random=2, factor=2, seeds=2, seed=0, say=print)
+    assert len(result["shapes"]) == 7 and result["long_steps"] == 12
+    assert -1 <= result["spearman"] <= 1 and -1 <= result["kendall"] <= 1
+    assert len(result["seed_losses"]) == 2 and np.isfinite(result["seed_std"])
+
+
+@pytest.mark.skipif(
+    "shapes" not in ComparisonPlan.__dataclass_fields__,
+    reason="--confirm needs ComparisonPlan.shapes (custom profiles per cell) in layerwise.cells",
+)
+def test_confirm_retrains_the_found_shape_beside_the_baselines(
+    searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, out = searched
+    args = ["search", str(config), "--out", str(out), "--trials", "8", "--confirm", "1"]
+    assert cli_main([*args, "train.steps=6"]) == 2  # a changed experiment is refused
+    assert cli_main(args) == 0
+    results = list(csv.DictReader((out / "confirm" / "results.csv").open()))
+    assert {r["profile"] for r in results} == {*BASELINES, "found-1"}
+    assert "found-1" in capsys.readouterr().out
