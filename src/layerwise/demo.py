@@ -13,6 +13,7 @@ from pathlib import Path
 from layerwise.compare import ComparisonPlan, make_plan
 from layerwise.config import load_config
 from layerwise.data import META_FILE, PrepareResult, prepare
+from layerwise.evaluation.tasks import default_evals_dir
 from layerwise.profiles import SHAPES
 
 DEMO_TOKENIZER = "bpe:4096"
@@ -39,8 +40,22 @@ def prepare_demo_data(data_dir: Path) -> PrepareResult | None:
     )
 
 
+DEMO_EVAL_LIMIT = 50
+"""Examples per core task, scored at the start and the end of every run: enough to show the
+downstream table and figure, few enough to keep the demo within minutes on 2 cores."""
+
+
+def demo_evals_dir() -> Path | None:
+    """The evaluation sets beside the checkout, when there are any (the demo works without)."""
+    directory = default_evals_dir()
+    return directory if directory.is_dir() else None
+
+
 def demo_overrides(out: Path, overrides: tuple[str, ...]) -> tuple[str, ...]:
-    return (f"data.dir={out / 'data'}", *overrides)
+    evaluation = ()
+    if demo_evals_dir() is not None:
+        evaluation = ("eval.tasks=[core]", f"eval.limit={DEMO_EVAL_LIMIT}", "eval.interval=1000")
+    return (f"data.dir={out / 'data'}", *evaluation, *overrides)
 
 
 def check_overrides(out: Path, overrides: tuple[str, ...]) -> None:

@@ -29,13 +29,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from layerwise.cli.data import summary_line
-    from layerwise.demo import DEMO_TOKENIZER, check_overrides, demo_plan, prepare_demo_data
+    from layerwise.demo import (
+        DEMO_EVAL_LIMIT,
+        DEMO_TOKENIZER,
+        check_overrides,
+        demo_evals_dir,
+        demo_plan,
+        prepare_demo_data,
+    )
 
     out = Path(args.out)
     check_overrides(out, tuple(args.overrides))
     console = Console()
     console.print(f"[bold]layerwise demo[/bold]: five profiles, tiny models, CPU; in {args.out}/")
     console.print(f"data: the Python standard library's docstrings, tokenizer {DEMO_TOKENIZER}")
+    evals = demo_evals_dir()
+    console.print(
+        f"downstream: the core tasks, {DEMO_EVAL_LIMIT} examples each, from {evals}"
+        if evals is not None
+        else "downstream: no evaluation sets beside the checkout (../shared/evals); skipped"
+    )
     prepared = prepare_demo_data(out / "data")
     console.print(summary_line(prepared) if prepared else f"data: reusing {out / 'data'}")
     return execute(console, demo_plan(out, tuple(args.overrides)))
