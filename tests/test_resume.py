@@ -131,6 +131,10 @@ def test_empty_and_unfinished_checkpoint_directories_are_reported(
 def test_resume_without_a_checkpoint_says_it_starts_at_step_0(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A run that stopped before its first checkpoint leaves a directory to resume from."""
+    run_dir = Path(load_config(config_file).run.dir)
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"type": "val", "step": 0, "loss": 4.0}\n')
     train(load_config(config_file, ["run.resume=auto", "train.steps=3"]))
     assert "starting at step 0" in capsys.readouterr().err
 

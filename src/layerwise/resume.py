@@ -96,6 +96,8 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
                 f"{run_dir} has checkpoints but no {CONFIG_FILE}; it cannot be resumed safely. "
                 "Start over with --overwrite or choose another run.dir"
             )
+        if not run_dir.exists():
+            return ResumePoint()  # a new run: nothing to say (compare starts every cell so)
         return ResumePoint(notes=[f"--resume: no earlier run in {run_dir}; starting at step 0"])
     saved = load_config(saved_path)
     changed = experiment_differences(saved, config)
