@@ -64,7 +64,7 @@ from layerwise.loader import WindowSampler, open_split
 from layerwise.metrics import cpu_model, peak_tflops
 from layerwise.model import BlockOptions, Transformer
 from layerwise.optim import build_optimizer
-from layerwise.parallelize import parallelize
+from layerwise.parallelize import SpeedOptions, parallelize
 from layerwise.profiles import (
     PRESETS,
     SHAPES,
@@ -134,6 +134,10 @@ class Settings:
     time_budget_s: float | None
     threads: int | None
     seed: int = 0
+    plain: bool = True
+    """Run the plain loop beside ours; off when timing a speed lever against our default."""
+    speed: SpeedOptions = field(default_factory=SpeedOptions)
+    """The `run.*` speed levers our step runs with (benchmarks/gpu.sh times each alone)."""
 
     @property
     def is_cuda(self) -> bool:
@@ -189,6 +193,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="torch.compile both loops (default: on for cuda, off for cpu)",
     )
     parser.add_argument(
+        "--plain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the plain loop (--no-plain: ours only, to time a speed lever)",
+    )
+    parser.add_argument(
+        "--compile-mode", choices=("blocks", "model"), default="blocks", help="run.compile_mode"
+    )
+    parser.add_argument(
+        "--compile-loss", action="store_true", help="run.compile_loss: compile norm+head+loss"
+    )
+    parser.add_argument(
+        "--attention",
+        choices=("auto", "flash", "cudnn", "efficient", "math"),
+        default="auto",
+        help="run.attention: the SDPA kernel of our step",
+    )
+    parser.add_argument("--fp8", action="store_true", help="run.fp8: FP8 matmuls via torchao")
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -240,6 +263,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if args.time_budget is not None
         else (None if cuda else CPU_BUDGET_S),
         threads=cpu_threads(args.threads, cuda),
+        plain=args.plain,
+        speed=SpeedOptions(
+            compile_mode=args.compile_mode,
+            compile_loss=args.compile_loss,
+            attention=args.attention,
+            fp8=args.fp8,
+        ),
     )
 
 
@@ -464,6 +494,8 @@ class OursLoop:
             "none",
             compile=settings.compile,
             activation_checkpointing=False,
+            speed=settings.speed,
+            dtype=self.dtype,
         )
         self.optimizer = build_optimizer(self.model, OPTIM, self.device)
         self.windows = open_split(data_dir, "train", settings.seq_len)
@@ -765,12 +797,11 @@ def measure_profile(
         flops_per_token=flops,
         distinct_block_shapes=len(set(shape.layers)),
     )
-    if not settings.is_cuda:
+    if not settings.is_cuda and settings.plain:
         prime_host_memory(shape, settings, data_dir)
-    makers: list[Callable[[], OursLoop | PlainLoop]] = [
-        lambda: OursLoop(shape, settings, data_dir),
-        lambda: PlainLoop(shape, settings, data_dir),
-    ]
+    makers: list[Callable[[], OursLoop | PlainLoop]] = [lambda: OursLoop(shape, settings, data_dir)]
+    if settings.plain:
+        makers.append(lambda: PlainLoop(shape, settings, data_dir))
     warmed = []
     for make in makers:
         if (
@@ -806,8 +837,13 @@ def measure_profile(
 def child_main(settings_path: str, profile: str, result_path: str) -> None:
     """Entry point of a profile's subprocess: measure, then write the result as JSON."""
     payload = json.loads(Path(settings_path).read_text(encoding="utf-8"))
+    fields = payload["settings"]
     settings = Settings(
-        **{**payload["settings"], "profiles": tuple(payload["settings"]["profiles"])}
+        **{
+            **fields,
+            "profiles": tuple(fields["profiles"]),
+            "speed": SpeedOptions(**fields["speed"]),
+        }
     )
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -1149,6 +1185,7 @@ def print_header(settings: Settings, info: dict[str, Any]) -> None:
         f" in turns | compile {'on' if settings.compile else 'off'}"
         f" | {'bf16 autocast' if settings.is_cuda else 'float32'}"
         f" | torch threads {settings.threads or torch.get_num_threads()}"
+        f" | ours: {settings.speed}{'' if settings.plain else ', plain loop not run'}"
     )
     if not settings.is_cuda:
         print(
