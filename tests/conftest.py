@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from layerwise.data import InputInfo, SplitMeta, TokenMeta, meta_to_json
 
@@ -83,5 +85,53 @@ def tiny_config_file(tmp_path: Path, markov_data: Path) -> Callable[[str], Path]
         path = tmp_path / "tiny.yaml"
         path.write_text(text.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
         return path
+
+    return write
+
+
+TINY_RUN: dict[str, dict[str, Any]] = {
+    "model": {
+        "profile": "crown",
+        "n_layers": 3,
+        "d_model": 32,
+        "head_dim": 8,
+        "gqa_group": 2,
+        "ffn_divisor": 16,
+        "vocab_size": None,
+    },
+    "data": {"seq_len": 16, "val_windows": 10},
+    "batch": {"global_batch": 8, "micro_batch": 4},
+    "optim": {"lr": 3.0e-3, "warmup_steps": 2},
+    "train": {"steps": 12, "seed": 3, "val_interval": 5},
+    "checkpoint": {"interval": 4, "keep": 2},
+    "run": {"device": "cpu", "progress": False},
+}
+"""The tests' run: a 3-layer Crown model on the Markov data, 12 steps of 8 x 16 tokens,
+validation every 5 steps, checkpoints every 4; a test changes what it needs."""
+
+
+def tiny_run_config(
+    path: Path,
+    data_dir: Path,
+    run_dir: Path,
+    changes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write TINY_RUN with `changes` merged per section, reading `data_dir`, into `run_dir`."""
+    sections = {name: dict(body) for name, body in TINY_RUN.items()}
+    for name, body in (changes or {}).items():
+        sections.setdefault(name, {}).update(body)
+    sections["data"]["dir"] = str(data_dir)
+    sections["run"]["dir"] = str(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def tiny_run(tmp_path: Path, markov_data: Path) -> Callable[..., Path]:
+    """`tiny_run(changes=None)`: a config file of TINY_RUN writing into tmp_path / "run"."""
+
+    def write(changes: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+        return tiny_run_config(tmp_path / "tiny.yaml", markov_data, tmp_path / "run", changes)
 
     return write

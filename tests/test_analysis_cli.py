@@ -8,41 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run_config
 from layerwise.analysis import analyze_comparison
 from layerwise.cells import ComparisonPlan, cell_path, write_manifest
 from layerwise.cli import main
 from layerwise.config import load_config
 from layerwise.training import train
 
-TINY = """
-model:
-  profile: crown
-  n_layers: 3
-  d_model: 32
-  head_dim: 8
-  gqa_group: 2
-  ffn_divisor: 16
-  vocab_size: null
-data:
-  seq_len: 16
-  val_windows: 10
-batch:
-  global_batch: 8
-  micro_batch: 4
-optim:
-  lr: 3.0e-3
-  warmup_steps: 2
-train:
-  steps: 6
-  seed: 0
-  val_interval: 6
-checkpoint:
-  interval: 6
-  keep: 1
-run:
-  device: cpu
-  progress: false
-"""
 FAST = ["--windows", "10", "--cka-tokens", "32", "--entropy-windows", "2"]
 
 
@@ -50,8 +22,9 @@ FAST = ["--windows", "10", "--cka-tokens", "32", "--entropy-windows", "2"]
 def comparison(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
     """A two-profile comparison laid out as `layerwise compare` leaves it, trained directly."""
     out = tmp_path_factory.mktemp("cmp")
-    config = out / "tiny.yaml"
-    config.write_text(TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n"))
+    changes = {"train": {"steps": 6, "seed": 0, "val_interval": 6}}
+    changes |= {"checkpoint": {"interval": 6, "keep": 1}}
+    config = tiny_run_config(out / "tiny.yaml", markov_data, out / "unused", changes)
     profiles = ("isotropic", "crown")
     for profile in profiles:
         run_dir = out / cell_path({"profile": profile, "seed": 0})

@@ -25,40 +25,17 @@ from layerwise.training import setup_run, train
 
 pytestmark = pytest.mark.slow
 
-TINY = """
-model:
-  profile: crown
-  n_layers: 3
-  d_model: 32
-  head_dim: 8
-  gqa_group: 2
-  ffn_divisor: 16
-  vocab_size: null
-data:
-  seq_len: 16
-  val_windows: 6
-batch:
-  global_batch: 8
-  micro_batch: 4
-optim:
-  lr: 3.0e-3
-  warmup_steps: 1
-train:
-  steps: 4
-  seed: 3
-  val_interval: 2
-checkpoint:
-  interval: 2
-  keep: 2
-run:
-  device: cpu
-  progress: false
-"""
-
 
 @pytest.fixture()
-def config_file(tiny_config_file: Callable[[str], Path]) -> Path:
-    return tiny_config_file(TINY)
+def config_file(tiny_run: Callable[..., Path]) -> Path:
+    return tiny_run(
+        {
+            "data": {"val_windows": 6},
+            "optim": {"warmup_steps": 1},
+            "train": {"steps": 4, "val_interval": 2},
+            "checkpoint": {"interval": 2},
+        }
+    )
 
 
 @pytest.fixture(autouse=True)

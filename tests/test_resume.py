@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run_config
 from layerwise import checkpointing
 from layerwise.checkpointing import CHECKPOINT_DIR, list_checkpoints
 from layerwise.cli import main as cli_main
@@ -18,53 +19,17 @@ from layerwise.metrics import read_records
 from layerwise.resume import first_divergence
 from layerwise.training import train
 
-TINY = """
-model:
-  profile: crown
-  n_layers: 3
-  d_model: 32
-  head_dim: 8
-  gqa_group: 2
-  ffn_divisor: 16
-  vocab_size: null
-data:
-  seq_len: 16
-  val_windows: 10
-batch:
-  global_batch: 8
-  micro_batch: 4
-optim:
-  lr: 3.0e-3
-  warmup_steps: 2
-train:
-  steps: 12
-  seed: 3
-  val_interval: 5
-checkpoint:
-  interval: 4
-  keep: 2
-run:
-  device: cpu
-  progress: false
-"""
-
 
 @pytest.fixture()
-def config_file(tiny_config_file: Callable[[str], Path], tmp_path: Path) -> Path:
-    return tiny_config_file(TINY.replace("run:\n", f"run:\n  dir: {tmp_path / 'run'}\n"))
+def config_file(tiny_run: Callable[..., Path]) -> Path:
+    return tiny_run()
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
     """One finished 12-step run (checkpoints at 8 and 12), copied by the tests that damage it."""
     root = tmp_path_factory.mktemp("finished")
-    config = root / "tiny.yaml"
-    config.write_text(
-        TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n").replace(
-            "run:\n", f"run:\n  dir: {root / 'run'}\n"
-        )
-    )
-    train(load_config(config))
+    train(load_config(tiny_run_config(root / "tiny.yaml", markov_data, root / "run")))
     return root
 
 

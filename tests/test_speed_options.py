@@ -31,41 +31,20 @@ from layerwise.model import causal_attention
 from layerwise.parallelize import check_fp8
 from layerwise.training import setup_run, train
 
-TINY = """
-model:
-  profile: crown
-  n_layers: 3
-  d_model: 32
-  head_dim: 8
-  gqa_group: 2
-  ffn_divisor: 16
-  vocab_size: null
-data:
-  seq_len: 16
-  val_windows: 4
-batch:
-  global_batch: 4
-  micro_batch: 4
-optim:
-  lr: 3.0e-3
-  warmup_steps: 1
-train:
-  steps: 3
-  seed: 5
-  val_interval: 3
-checkpoint:
-  interval: 3
-run:
-  device: cpu
-  progress: false
-"""
-
 CPU = DistInfo(0, 0, 1, torch.device("cpu"))
 
 
 @pytest.fixture()
-def config_file(tiny_config_file: Callable[[str], Path]) -> Path:
-    return tiny_config_file(TINY)
+def config_file(tiny_run: Callable[..., Path]) -> Path:
+    return tiny_run(
+        {
+            "data": {"val_windows": 4},
+            "batch": {"global_batch": 4},
+            "optim": {"warmup_steps": 1},
+            "train": {"steps": 3, "seed": 5, "val_interval": 3},
+            "checkpoint": {"interval": 3},
+        }
+    )
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import pytest
 import torch
 
 import layerwise
-from conftest import markov_tokens, write_token_dir
 from layerwise import step
 from layerwise.build import build_shape, resolve_vocab_size, with_data_vocab
 from layerwise.checkpointing import list_checkpoints
@@ -29,50 +29,16 @@ from layerwise.profiles import total_params
 from layerwise.step import NonFiniteLoss, evaluate
 from layerwise.training import RunInterrupted, setup_run, train
 
-VOCAB = 61
-TINY = """
-model:
-  profile: crown
-  n_layers: 3
-  d_model: 32
-  head_dim: 8
-  gqa_group: 2
-  ffn_divisor: 16
-  vocab_size: null
-data:
-  seq_len: 16
-  val_windows: 10
-batch:
-  global_batch: 8
-  micro_batch: 4
-optim:
-  lr: 3.0e-3
-  warmup_steps: 2
-train:
-  steps: 12
-  seed: 3
-  val_interval: 5
-checkpoint:
-  interval: 4
-  keep: 2
-run:
-  device: cpu
-  progress: false
-"""
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    splits = {"train": markov_tokens(4000, 0, VOCAB), "val": markov_tokens(600, 1, VOCAB)}
-    return write_token_dir(tmp_path_factory.mktemp("tokens"), splits, VOCAB)
 
 
 @pytest.fixture()
-def config_file(tmp_path: Path, data_dir: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    text = TINY.replace("data:\n", f"data:\n  dir: {data_dir}\n")
-    path.write_text(text.replace("run:\n", f"run:\n  dir: {tmp_path / 'run'}\n"))
-    return path
+def data_dir(markov_data: Path) -> Path:
+    return markov_data
+
+
+@pytest.fixture()
+def config_file(tiny_run: Callable[..., Path]) -> Path:
+    return tiny_run()
 
 
 def tiny_config(config_file: Path, *overrides: str) -> Config:
