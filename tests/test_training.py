@@ -30,7 +30,6 @@ from layerwise.step import NonFiniteLoss, evaluate
 from layerwise.training import RunInterrupted, setup_run, train
 
 
-
 @pytest.fixture()
 def data_dir(markov_data: Path) -> Path:
     return markov_data
