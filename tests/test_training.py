@@ -261,3 +261,21 @@ def test_mfu_needs_a_peak() -> None:
     assert basis.note is None
     assert basis.mfu(10_000.0) == pytest.approx(6e6 * 1e4 / 4e14)
     assert replace(basis, peak_flops=None).mfu(1.0) is None
+
+
+def test_each_run_reports_its_own_peak_memory(config_file: Path) -> None:
+    """Runs in one process (a comparison, a search) once reported the maximum of all before."""
+    import numpy as np
+
+    from layerwise.metrics import peak_memory_mib, reset_peak_memory
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the peak resident memory cannot be reset here")
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    earlier_peak = peak_memory_mib(cpu)
+    del ballast
+    summary = train(tiny_config(config_file, "train.steps=3"))
+    assert summary.peak_memory_mib is not None
+    assert summary.peak_memory_mib < earlier_peak - 200
