@@ -21,10 +21,12 @@ from layerwise.errors import UserError
 from layerwise.metrics import read_records
 from layerwise.search.fidelity import check_fidelity
 from layerwise.search.plan import BASELINES, SearchPlan
-from layerwise.search.run import run_search
+from layerwise.search.run import SearchResult, run_search
 from layerwise.search.space import SearchSpace, baseline_params
 from layerwise.search.study import open_study
 from layerwise.training import RunInterrupted, Trainer
+
+pytestmark = pytest.mark.slow
 
 TINY = """
 model:
@@ -56,19 +58,21 @@ run:
 """
 
 
-def write_config(directory: Path, data: Path, text: str = TINY) -> Path:
-    path = directory / "tiny.yaml"
+def write_config(directory: Path, data: Path, text: str = TINY, name: str = "tiny") -> Path:
+    path = directory / f"{name}.yaml"
     path.write_text(text.replace("data:\n", f"data:\n  dir: {data}\n", 1))
     return path
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> tuple[Path, Path]:
+def searched(
+    tmp_path_factory: pytest.TempPathFactory, markov_data: Path
+) -> tuple[Path, Path, SearchResult]:
     """An 8-trial search (random sampler): five baselines and three sampled shapes."""
     root = tmp_path_factory.mktemp("search")
     config = write_config(root, markov_data)
-    run_search(SearchPlan(str(config)), root / "out", 8, sampler="random", seed=0, say=print)
-    return config, root / "out"
+    result = run_search(SearchPlan(str(config)), root / "out", 8, sampler="random", seed=0)
+    return config, root / "out", result
 
 
 def trials_of(out: Path) -> list[optuna.trial.FrozenTrial]:
@@ -78,11 +82,16 @@ def trials_of(out: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="layerwise-search", storage=storage).trials
 
 
-def test_the_five_baselines_come_first_and_pruning_happens(searched: tuple[Path, Path]) -> None:
-    _, out = searched
+def test_the_five_baselines_come_first_and_pruning_happens(
+    searched: tuple[Path, Path, SearchResult],
+) -> None:
+    _, out, result = searched
     trials = trials_of(out)
     assert [t.user_attrs["source"] for t in trials[:5]] == list(BASELINES)
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) >= 1
+    # the overhead figure counts pruned trials' training as training
+    trained = sum(t.user_attrs.get("train_s", 0.0) for t in trials)
+    assert result.timing.train_s == pytest.approx(trained)
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [r["source"] for r in rows[:5]] == list(BASELINES)
     assert {"trial", "state", "source", "d_ffn", "heads", "params", "tokens", "val_loss"} <= set(
@@ -93,8 +102,10 @@ def test_the_five_baselines_come_first_and_pruning_happens(searched: tuple[Path,
     assert (out / "figures" / "shapes.png").exists() and (out / "figures" / "history.png").exists()
 
 
-def test_a_repeated_rounded_shape_reuses_its_result(searched: tuple[Path, Path]) -> None:
-    config, out = searched
+def test_a_repeated_rounded_shape_reuses_its_result(
+    searched: tuple[Path, Path, SearchResult],
+) -> None:
+    config, out, _ = searched
     plan = SearchPlan(str(config))
     study = open_study(plan, out, None, "random", 1, "sha")
     nudged = {
@@ -125,17 +136,17 @@ def test_an_interrupted_search_resumes_with_no_trial_lost_or_repeated(
 ) -> None:
     plan = SearchPlan(str(write_config(tmp_path, markov_data)))
     out = tmp_path / "out"
-    stop = SignalAt(out / "trials" / "trial-0006", step=10)  # in its last rung
+    stop = SignalAt(out / "trials" / "trial-0005", step=10)  # in its last rung
     with pytest.raises(RunInterrupted):
         run_search(plan, out, 8, sampler="random", seed=0, callbacks=[stop], say=print)
     run_search(plan, out, 8, sampler="random", seed=0, say=print)
     trials = trials_of(out)
     done = [t for t in trials if t.state.is_finished() and t.state.name != "FAIL"]
     assert len(done) == 8
-    resumed = [t for t in trials if t.user_attrs.get("resume_of") == 6]
-    assert len(resumed) == 1 and resumed[0].params == trials[6].params
-    # the resumed trial continued trial 6's run: its steps after the interruption come once
-    records = read_records(out / "trials" / "trial-0006" / "metrics.jsonl")
+    resumed = [t for t in trials if t.user_attrs.get("resume_of") == 5]
+    assert len(resumed) == 1 and resumed[0].params == trials[5].params
+    # the resumed trial continued trial 5's run: its steps after the interruption come once
+    records = read_records(out / "trials" / "trial-0005" / "metrics.jsonl")
     steps = [r["step"] for r in records if r["type"] == "train" and r["step"] > 6]
     assert steps.count(11) == 1
     keys = [t.user_attrs["key"] for t in done if "reused_from" not in t.user_attrs]
@@ -146,7 +157,9 @@ def test_bad_input_gets_clear_messages(
     tmp_path: Path, markov_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(tmp_path, markov_data)
-    two_layers = write_config(tmp_path, markov_data, TINY.replace("n_layers: 4", "n_layers: 2"))
+    two_layers = write_config(
+        tmp_path, markov_data, TINY.replace("n_layers: 4", "n_layers: 2"), "two"
+    )
     with pytest.raises(UserError, match="search space cannot meet the budget with frame=on"):
         run_search(SearchPlan(str(two_layers), space=SearchSpace(frame="on")), tmp_path / "a", 6)
     with pytest.raises(UserError, match="cannot open the database"):
@@ -160,9 +173,9 @@ def test_bad_input_gets_clear_messages(
 
 
 def test_the_cli_continues_a_finished_study_without_training(
-    searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    searched: tuple[Path, Path, SearchResult], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, out = searched
+    config, out, _ = searched
     assert cli_main(["search", str(config), "--out", str(out), "--trials", "8"]) == 0
     printed = capsys.readouterr().out
     assert "Profile search" in printed and "trials.csv" in printed
@@ -171,9 +184,9 @@ def test_the_cli_continues_a_finished_study_without_training(
 
 
 def test_fidelity_check_reports_rank_correlation(tmp_path: Path, markov_data: Path) -> None:
-    plan = SearchPlan(str(write_config(tmp_path, markov_data)), trial_steps=6, rungs=1)
-    result = check_fidelity(plan, tmp_path, n_random=2, factor=2, seeds=2, seed=0, say=print)
-    assert len(result["shapes"]) == 7 and result["long_steps"] == 12
+    plan = SearchPlan(str(write_config(tmp_path, markov_data)), trial_steps=4, rungs=1)
+    result = check_fidelity(plan, tmp_path, n_random=1, factor=2, seeds=2, seed=0, say=print)
+    assert len(result["shapes"]) == 6 and result["long_steps"] == 8
     assert -1 <= result["spearman"] <= 1 and -1 <= result["kendall"] <= 1
     assert len(result["seed_losses"]) == 2 and np.isfinite(result["seed_std"])
 
@@ -183,9 +196,9 @@ def test_fidelity_check_reports_rank_correlation(tmp_path: Path, markov_data: Pa
     reason="--confirm needs ComparisonPlan.shapes (custom profiles per cell) in layerwise.cells",
 )
 def test_confirm_retrains_the_found_shape_beside_the_baselines(
-    searched: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    searched: tuple[Path, Path, SearchResult], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, out = searched
+    config, out, _ = searched
     args = ["search", str(config), "--out", str(out), "--trials", "8", "--confirm", "1"]
     assert cli_main([*args, "train.steps=6"]) == 2  # a changed experiment is refused
     assert cli_main(args) == 0

@@ -58,6 +58,10 @@ class ComparisonPlan:
     """That count, resolved by `layerwise compare` before training and saved for the report."""
     init_from: str | None = None
     """A finished comparison whose runs this one fine-tunes, cell for cell."""
+    shapes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Profiles that are not presets: a profile name's model overrides (per-layer `model.ffn`,
+    `model.qkv`, `model.frame` on `model.profile=isotropic`), e.g. the shapes `layerwise search
+    --confirm` found; each cell of such a profile gets them instead of `model.profile=NAME`."""
 
     @property
     def reference(self) -> Mapping[str, str]:
@@ -136,7 +140,7 @@ def make_cell(plan: ComparisonPlan, axes: Mapping[str, str | int]) -> Cell:
     overrides = (
         *plan.overrides,
         *variant,
-        f"model.profile={profile}",
+        *plan.shapes.get(profile, (f"model.profile={profile}",)),
         *budget,
         f"model.match_by={plan.match_by}",
         *grid,
@@ -159,6 +163,7 @@ def write_manifest(plan: ComparisonPlan) -> Path:
     manifest = asdict(plan)
     manifest["out"] = str(plan.out)
     manifest["variants"] = {name: list(values) for name, values in plan.variants.items()}
+    manifest["shapes"] = {name: list(values) for name, values in plan.shapes.items()}
     return atomic_write_json(plan.out / MANIFEST_FILE, manifest)
 
 
@@ -187,8 +192,10 @@ def _plan_from_manifest(manifest: dict[str, Any], out: Path) -> ComparisonPlan:
     if match is not None and not isinstance(match, str):
         raise TypeError(f"match must be a profile name or null, not {match!r}")
     variants = manifest.get("variants", {})
-    if not isinstance(variants, dict):
-        raise TypeError(f"variants must be a mapping, not {variants!r}")
+    shapes = manifest.get("shapes", {})
+    for key, value in (("variants", variants), ("shapes", shapes)):
+        if not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping, not {value!r}")
     return ComparisonPlan(
         config=_checked(manifest["config"], str, "config"),
         profiles=_list_of(manifest["profiles"], str, "profiles"),
@@ -201,6 +208,7 @@ def _plan_from_manifest(manifest: dict[str, Any], out: Path) -> ComparisonPlan:
         match_variant=_optional(manifest.get("match_variant"), str, "match_variant"),
         target_params=_optional(manifest.get("target_params"), int, "target_params"),
         init_from=_optional(manifest.get("init_from"), str, "init_from"),
+        shapes={_checked(k, str, "shapes"): _list_of(v, str, k) for k, v in shapes.items()},
     )
 
 

@@ -183,7 +183,7 @@ def check_variants(plan: ComparisonPlan) -> None:
 
 def check_profiles(plan: ComparisonPlan) -> None:
     """Every profile is a shape or preset, and the reference is trained too."""
-    known = [*SHAPES, *PRESETS]
+    known = [*SHAPES, *PRESETS, *plan.shapes]
     for name in plan.profiles:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
@@ -400,8 +400,10 @@ def make_plan(
     overrides: Sequence[str] = (),
     variants: Mapping[str, Sequence[str]] | None = None,
     match_variant: str | None = None,
+    shapes: Mapping[str, Sequence[str]] | None = None,
 ) -> ComparisonPlan:
-    """The plan of a comparison; `variants` None takes the config's `compare.variants` block."""
+    """The plan of a comparison; `variants` None takes the config's `compare.variants` block;
+    `shapes` names custom profiles by their model overrides (see ComparisonPlan.shapes)."""
     if not Path(config).is_file():
         raise UserError(f"config {config} not found")
     if variants is None:
@@ -416,6 +418,7 @@ def make_plan(
         overrides=tuple(overrides),
         variants={name: tuple(values) for name, values in variants.items()},
         match_variant=match_variant,
+        shapes={name: tuple(values) for name, values in (shapes or {}).items()},
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -322,6 +323,7 @@ def field_key(f: dataclasses.Field) -> str:
     return f.metadata.get("key", f.name)
 
 
+@functools.cache
 def _section_types() -> dict[str, type]:
     return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 

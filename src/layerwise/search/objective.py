@@ -57,30 +57,28 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        trained = 0.0
         try:
-            loss, trained = self._run(trial)
-            return loss
+            return self._run(trial)
         except (RunInterrupted, KeyboardInterrupt, optuna.TrialPruned):
             raise  # an interruption is a FAIL without `error`: the next start queues it again
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self.timing.train_s += trained
             self.timing.trial_s += time.perf_counter() - started
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float]:
+    def _run(self, trial: optuna.Trial) -> float:
         n_layers = self.plan.base().model.n_layers
         params = suggest(trial, self.plan.space)
         baseline = trial.user_attrs.get("baseline")
-        shape = None if baseline else shape_of(params, self.plan.space, n_layers)
+        shape = None
         if not baseline:
+            shape = shape_of(params, self.plan.space, n_layers)
             trial.set_user_attr("source", type(trial.study.sampler).__name__)
             trial.set_user_attr("ffn", list(shape.ffn))
             trial.set_user_attr("qkv", list(shape.qkv))
             trial.set_user_attr("frame", shape.frame)
-        run_dir = trial_dir(self.out, int(trial.user_attrs.get("resume_of", trial.number)))
+        run_dir = trial_dir(self.out, origin_of(trial))
         steps = self.plan.rung_steps()
         try:
             config = self.plan.trial_config(baseline, shape, run_dir, steps[-1])
@@ -97,7 +95,7 @@ class TrialRunner:
         trial.set_user_attr("heads", [layer.n_heads for layer in model_shape.layers])
         earlier = same_shape(trial.study, key, exclude=origin_of(trial))
         if earlier is not None:
-            return reuse(trial, earlier, self.say), 0.0
+            return reuse(trial, earlier, self.say)
         return self._train_rungs(trial, baseline, shape, run_dir, steps)
 
     def _train_rungs(
@@ -107,7 +105,7 @@ class TrialRunner:
         shape: Shape | None,
         run_dir: Path,
         steps: list[int],
-    ) -> tuple[float, float]:
+    ) -> float:
         done = {int(s): float(v) for s, v in trial.user_attrs.get("resumed_rungs", [])}
         trained, loss, compute = 0.0, float("nan"), 0
         label = baseline or f"trial {trial.number}"
@@ -123,7 +121,9 @@ class TrialRunner:
                     trial.set_user_attr("diverged", str(exc))
                     raise optuna.TrialPruned(f"diverged: {exc}") from None
                 finally:
-                    trained += time.perf_counter() - clock
+                    elapsed = time.perf_counter() - clock
+                    trained += elapsed
+                    self.timing.train_s += elapsed  # pruned trials' training counts too
                 loss = checked_loss(summary)
                 start = wsd_decay_start(steps[rung - 1], config.optim) if rung else 0
                 compute += (rung_steps - start) * (summary.tokens // max(1, summary.steps))
@@ -138,7 +138,7 @@ class TrialRunner:
             )
             if baseline is None and rung < len(steps) - 1 and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at rung {rung + 1}")
-        return loss, trained
+        return loss
 
 
 def checked_loss(summary: RunSummary) -> float:

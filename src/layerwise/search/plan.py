@@ -11,7 +11,6 @@ a promoted trial pays only the short decays again, not the whole rung.
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,7 +43,7 @@ class SearchPlan:
     isotropic); ignored when the config sets model.target_params."""
 
     def base(self) -> Config:
-        return _load(self.config, self.overrides)
+        return load_config(self.config, self.overrides)
 
     @property
     def reference(self) -> str:
@@ -115,7 +114,7 @@ class SearchPlan:
             "train.tokens=null",
             *extra,
         )
-        config = with_data_vocab(_load(self.config, (*self.overrides, *overrides)))
+        config = with_data_vocab(load_config(self.config, (*self.overrides, *overrides)))
         return replace(config, train=replace(config.train, steps=steps))
 
     def to_dict(self) -> dict:
@@ -125,12 +124,6 @@ class SearchPlan:
         plan["space"] = self.space.to_dict()
         plan["overrides"] = list(self.overrides)
         return json.loads(json.dumps(plan))
-
-
-@functools.lru_cache(maxsize=16)
-def _load(config: str, overrides: tuple[str, ...]) -> Config:
-    """Reading a config costs ~0.1 s; callers treat it as read-only (`replace` to change)."""
-    return load_config(config, overrides)
 
 
 def resolved_shape(config: Config) -> ModelShape:
@@ -159,12 +152,12 @@ def check_plan(plan: SearchPlan, out: Path) -> ModelShape:
     open_split(base.data.dir, "val", base.data.seq_len)
     steps = plan.rung_steps()[-1]
     probe = out / "trials" / "check"
+    _check_space_meets_budget(plan, probe, steps)
     for name in BASELINES:
         try:
             resolved_shape(plan.trial_config(name, None, probe, steps))
         except UserError as exc:
             raise UserError(f"baseline {name} cannot meet the search's budget: {exc}") from None
-    _check_space_meets_budget(plan, probe, steps)
     return resolved_shape(plan.trial_config(plan.reference, None, probe, steps))
 
 

@@ -50,7 +50,9 @@ def trial_record(trial: FrozenTrial) -> dict[str, object]:
         "heads": " ".join(str(v) for v in attrs.get("heads", [])),
         "params": attrs.get("params", ""),
         "tokens": attrs.get("tokens", ""),
-        "val_loss": "" if trial.value is None else trial.value,
+        # Optuna gives a pruned trial its last rung's loss as value; only a complete trial
+        # has a loss at the trial budget
+        "val_loss": trial.value if trial.state == TrialState.COMPLETE else "",
         "last_rung_loss": last_rung(trial),
         "tokens_per_s": attrs.get("tokens_per_s", ""),
         "flops_per_token": attrs.get("flops_per_token", ""),

@@ -51,7 +51,7 @@ def run_search(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_plan(plan, out)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are announced by `say`
     study = open_study(plan, out, storage, sampler, seed, pruner)
     runner = TrialRunner(plan, out, callbacks, say)
     started = time.perf_counter()

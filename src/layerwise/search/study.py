@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,12 +40,14 @@ def open_storage(storage: str | None, out: Path) -> BaseStorage:
     """The journal file in OUT, another journal file, or an RDB URL; unreachable: a UserError."""
     if storage is not None and "://" in storage:
         try:
-            return RDBStorage(
-                storage,
-                heartbeat_interval=60,
-                grace_period=300,
-                failed_trial_callback=lambda study, trial: requeue_interrupted(study),
-            )
+            with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    storage,
+                    heartbeat_interval=60,
+                    grace_period=300,
+                    heartbeat_stale_trial_callback=lambda study, trial: requeue_interrupted(study),
+                )
         except Exception as exc:  # sqlalchemy raises many kinds; all mean "cannot use it"
             raise UserError(
                 f"--storage {storage}: cannot open the database ({type(exc).__name__}: "
