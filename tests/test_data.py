@@ -301,7 +301,12 @@ def test_interrupted_run_leaves_no_directory(tmp_path: Path) -> None:
     """Ctrl-C mid-run (a real SIGINT, workers running): the run stops and leaves nothing behind."""
     words = " ".join(f"word{i} and some ordinary prose" for i in range(2000))
     write_jsonl(tmp_path / "big.jsonl", [{"text": f"{i} {words}"} for i in range(400)])
-    script = "import sys; from layerwise.data import prepare; prepare([sys.argv[1]], *sys.argv[2:], workers=2)"
+    # A shell's background job starts with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: restore the handler an interactive Ctrl-C would meet.
+    script = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from layerwise.data import prepare; prepare([sys.argv[1]], *sys.argv[2:], workers=2)"
+    )
     command = [sys.executable, "-c", script, "big.jsonl", str(GPT2_DIR), "out"]
     process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
