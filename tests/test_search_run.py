@@ -15,7 +15,6 @@ import pytest
 
 from conftest import markov_tokens, write_token_dir
 from layerwise.callbacks import Callback
-from layerwise.cells import ComparisonPlan
 from layerwise.cli import main as cli_main
 from layerwise.errors import UserError
 from layerwise.metrics import read_records
@@ -191,10 +190,6 @@ def test_fidelity_check_reports_rank_correlation(tmp_path: Path, markov_data: Pa
     assert len(result["seed_losses"]) == 2 and np.isfinite(result["seed_std"])
 
 
-@pytest.mark.skipif(
-    "shapes" not in ComparisonPlan.__dataclass_fields__,
-    reason="--confirm needs ComparisonPlan.shapes (custom profiles per cell) in layerwise.cells",
-)
 def test_confirm_retrains_the_found_shape_beside_the_baselines(
     searched: tuple[Path, Path, SearchResult], capsys: pytest.CaptureFixture[str]
 ) -> None:
