@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from layerwise.metrics import MetricsWriter, Throughput, truncate_log
+from layerwise.metrics import MetricsWriter, truncate_log
 from layerwise.rundir import METRICS_FILE
 
 if TYPE_CHECKING:
@@ -118,29 +118,37 @@ class Checkpointing(Callback):
 class ThroughputMeter(Callback):
     """Mean tokens/s of the whole run, leaving out each process's warm-up steps.
 
-    At most half of what a process runs is left out, so a short resumed run is still measured.
+    Those include compilation and allocator warm-up, again after each resume, but at most half
+    of what a process runs is left out, so a short resumed run is still measured. A ratio of
+    totals, not a mean of per-step rates, so slow steps weigh as much as they cost; the totals
+    of a resumed run's earlier processes come back through the callback's state.
     """
 
     def __init__(self, warmup_steps: int = THROUGHPUT_WARMUP_STEPS) -> None:
         self.warmup_steps = warmup_steps
-        self.meter = Throughput(warmup_steps)
+        self.skip = warmup_steps
+        self.seen = 0
+        self.tokens = 0
+        self.seconds = 0.0
 
     def on_train_start(self, trainer: Trainer) -> None:
-        remaining = trainer.steps - trainer.state.step
-        self.meter.skip_steps = min(self.warmup_steps, remaining // 2)
+        self.skip = min(self.warmup_steps, (trainer.steps - trainer.state.step) // 2)
 
     def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self.meter.add(record["tokens_per_step"], record["step_time_s"])
+        self.seen += 1
+        if self.seen > self.skip:
+            self.tokens += record["tokens_per_step"]
+            self.seconds += record["step_time_s"]
 
     @property
     def tokens_per_s(self) -> float | None:
-        return self.meter.tokens_per_s
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tokens": self.meter.tokens, "seconds": self.meter.seconds}
+        return {"tokens": self.tokens, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.meter.tokens, self.meter.seconds = state["tokens"], state["seconds"]
+        self.tokens, self.seconds = state["tokens"], state["seconds"]
 
 
 class MetricsLog(Callback):

@@ -160,31 +160,6 @@ def peak_memory_mib(device: torch.device) -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 
 
-class Throughput:
-    """Mean tokens/s over a run's steps, leaving out the first steps of every process.
-
-    Those include compilation and allocator warm-up, again after each resume; the totals of the
-    earlier processes of a resumed run are passed in. A ratio of totals, not a mean of per-step
-    rates, so slow steps weigh as much as they cost.
-    """
-
-    def __init__(self, skip_steps: int, tokens: int = 0, seconds: float = 0.0) -> None:
-        self.skip_steps = skip_steps
-        self.seen = 0
-        self.tokens = tokens
-        self.seconds = seconds
-
-    def add(self, tokens: int, seconds: float) -> None:
-        self.seen += 1
-        if self.seen > self.skip_steps:
-            self.tokens += tokens
-            self.seconds += seconds
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.seconds if self.seconds > 0 else None
-
-
 def truncate_log(path: Path, last_step: int) -> list[dict]:
     """Drop records after `last_step` (the checkpoint a run resumes from); rewrite atomically."""
     kept = [r for r in read_records(path) if r.get("step", 0) <= last_step]

@@ -261,7 +261,10 @@ class Trainer:
         state, run = self.state, self.run
         state.sampler = run.batches.state_dict()
         state.wall_time_s = self._wall_time()
-        state.callbacks = {cb.name: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
+        saved = {callback.name: callback.state_dict() for callback in self.callbacks}
+        state.callbacks = {
+            name: callback_state for name, callback_state in saved.items() if callback_state
+        }
         path = save_checkpoint(
             run.run_dir, run.model, run.optimizer, state, run.dist, keep, protect=protect
         )
