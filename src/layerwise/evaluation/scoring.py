@@ -14,7 +14,7 @@ dummy), as FSDP's parameter gathers require.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,8 +30,6 @@ from layerwise.losses import linear_cross_entropy
 from layerwise.model import Transformer
 
 DEFAULT_BATCH_TOKENS = 16384
-
-HiddenFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def make_batches(requests: Sequence[Request], batch_tokens: int) -> list[list[int]]:

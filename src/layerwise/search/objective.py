@@ -39,10 +39,9 @@ def trial_dir(out: Path, number: int) -> Path:
 
 @dataclass
 class Timing:
-    """Seconds inside `train` versus the whole objective, to measure the search's overhead."""
+    """Seconds inside `train`, set against the search's wall time to measure its overhead."""
 
     train_s: float = 0.0
-    trial_s: float = 0.0
 
 
 @dataclass
@@ -56,7 +55,6 @@ class TrialRunner:
     timing: Timing = field(default_factory=Timing)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        started = time.perf_counter()
         try:
             return self._run(trial)
         except (RunInterrupted, KeyboardInterrupt, optuna.TrialPruned):
@@ -64,8 +62,6 @@ class TrialRunner:
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            self.timing.trial_s += time.perf_counter() - started
 
     def _run(self, trial: optuna.Trial) -> float:
         n_layers = self.plan.base().model.n_layers

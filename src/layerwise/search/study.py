@@ -31,8 +31,6 @@ STUDY_NAME = "layerwise-search"
 JOURNAL_FILE = "study.journal"
 PLAN_ATTR = "plan"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-SAMPLERS = ("tpe", "cmaes", "gp", "random")
-PRUNERS = ("sha", "hyperband", "none")
 _SAMPLER_NEEDS = {"cmaes": "cmaes", "gp": "scipy"}
 
 
