@@ -72,22 +72,36 @@ def _lines(ax: Axes, runs: Sequence[Run], key: str, title: str, ylabel: str) -> 
     _integer_x(ax)
 
 
-def plot_logit_lens(runs: Sequence[Run], path: Path) -> Path:
+LinePanel = tuple[str, str, str]
+"""(per-layer key in analysis.json, panel title, y label)."""
+
+
+def _line_pair(runs: Sequence[Run], path: Path, left: LinePanel, right: LinePanel) -> Path:
+    """Two per-layer panels side by side, one line per run, the legend on the right."""
     fig = Figure(figsize=(11, 4))
-    loss_ax, kl_ax = fig.subplots(1, 2)
-    _lines(loss_ax, runs, "logit_lens_loss", "Logit lens: loss decoding each layer", "loss (nats)")
-    _lines(kl_ax, runs, "logit_lens_kl", "KL(final || layer)", "nats")
-    kl_ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    axes = fig.subplots(1, 2)
+    for ax, (key, title, ylabel) in zip(axes, (left, right), strict=True):
+        _lines(ax, runs, key, title, ylabel)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return save_figure(fig, path)
+
+
+def plot_logit_lens(runs: Sequence[Run], path: Path) -> Path:
+    return _line_pair(
+        runs,
+        path,
+        ("logit_lens_loss", "Logit lens: loss decoding each layer", "loss (nats)"),
+        ("logit_lens_kl", "KL(final || layer)", "nats"),
+    )
 
 
 def plot_geometry(runs: Sequence[Run], path: Path) -> Path:
-    fig = Figure(figsize=(11, 4))
-    rank_ax, aniso_ax = fig.subplots(1, 2)
-    _lines(rank_ax, runs, "effective_rank", "Effective rank of the residual stream", "dims")
-    _lines(aniso_ax, runs, "anisotropy", "Anisotropy (mean cosine of token pairs)", "cosine")
-    aniso_ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    return save_figure(fig, path)
+    return _line_pair(
+        runs,
+        path,
+        ("effective_rank", "Effective rank of the residual stream", "dims"),
+        ("anisotropy", "Anisotropy (mean cosine of token pairs)", "cosine"),
+    )
 
 
 def _panels(n: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
