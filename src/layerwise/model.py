@@ -85,14 +85,22 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
 
 
+KVExtend = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""Takes a block's new keys and values and returns all it attends to (a generation KV cache)."""
+
+
 def causal_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     expand_kv: bool | None = None,
     backend: AttentionBackend = "auto",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal grouped-query attention of q [b, heads, s, hd] over k, v [b, kv_heads, s, hd].
+
+    `mask` (boolean, broadcast to [b, heads, s, keys]) replaces the plain causal mask where
+    keys precede the queries (a KV cache) or are padding.
 
     SDPA's `enable_gqa=True` lets each group of query heads share a k/v head without copying
     them, but only the flash and math kernels accept it: on CUDA in float32 it leaves only the
@@ -105,18 +113,23 @@ def causal_attention(
     if expand_kv is None:
         expand_kv = q.is_cuda and (q.dtype == torch.float32 or backend in EXPANDED_KV_BACKENDS)
     if backend == "auto":
-        return _sdpa(q, k, v, expand_kv)
+        return _sdpa(q, k, v, expand_kv, mask)
     with sdpa_kernel(SDPA_BACKENDS[backend]):
-        return _sdpa(q, k, v, expand_kv)
+        return _sdpa(q, k, v, expand_kv, mask)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, expand_kv: bool) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, expand_kv: bool, mask: torch.Tensor | None
+) -> torch.Tensor:
+    causal = mask is None
     if not expand_kv:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True
+        )
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
 class Attention(nn.Module):
@@ -135,7 +148,15 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(q_dim, eps=eps)
         self.k_norm = RMSNorm(kv_dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        extend_kv: KVExtend | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`extend_kv` and `mask` are for decoding with a cache; training uses neither."""
         batch, seq, _ = x.shape
         q = self.q_norm(self.w_q(x)).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = (
@@ -147,7 +168,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if v.dtype != q.dtype:
             v = v.to(q.dtype)
-        out = causal_attention(q, k, v, backend=self.backend)
+        if extend_kv is not None:
+            k, v = extend_kv(k, v)
+        out = causal_attention(q, k, v, backend=self.backend, mask=mask)
         return self.w_o(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -171,11 +194,18 @@ class Block(nn.Module):
         self.ffn = SwiGLU(shape.d_model, layer.d_ffn)
         self.ffn_norm = RMSNorm(shape.d_model, eps=options.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        extend_kv: KVExtend | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.reordered:
-            h = x + self.attention_norm(self.attention(x, cos, sin))
+            h = x + self.attention_norm(self.attention(x, cos, sin, extend_kv, mask))
             return h + self.ffn_norm(self.ffn(h))
-        h = x + self.attention(self.attention_norm(x), cos, sin)
+        h = x + self.attention(self.attention_norm(x), cos, sin, extend_kv, mask)
         return h + self.ffn(self.ffn_norm(h))
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from layerwise.errors import UserError
-from layerwise.model import Block, Transformer, apply_rope
+from layerwise.model import Transformer
 
 
 @dataclass(frozen=True)
@@ -73,35 +73,6 @@ def attention_mask(key_valid: torch.Tensor, seq: int, past: int) -> torch.Tensor
     return allowed | (k_pos == q_pos)
 
 
-def block_step(
-    block: Block,
-    index: int,
-    x: torch.Tensor,
-    rope: tuple[torch.Tensor, torch.Tensor],
-    cache: KVCache,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """One block over the new tokens `x`, attending to everything cached (as Block.forward)."""
-    attn = block.attention
-
-    def attention(h: torch.Tensor) -> torch.Tensor:
-        batch, seq, _ = h.shape
-        split = (batch, seq, -1, attn.head_dim)
-        q = attn.q_norm(attn.w_q(h)).view(split).transpose(1, 2)
-        k = attn.k_norm(attn.w_k(h)).view(split).transpose(1, 2)
-        v = attn.w_v(h).view(split).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        k, v = cache.append(index, k, v.to(q.dtype))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return attn.w_o(out.transpose(1, 2).reshape(batch, seq, -1))
-
-    if block.reordered:
-        h = x + block.attention_norm(attention(x))
-        return h + block.ffn_norm(block.ffn(h))
-    h = x + attention(block.attention_norm(x))
-    return h + block.ffn(block.ffn_norm(h))
-
-
 def forward_cached(
     model: Transformer,
     tokens: torch.Tensor,
@@ -115,7 +86,7 @@ def forward_cached(
     mask = attention_mask(key_valid, seq, cache.length)
     x = model.embedding(tokens)
     for index, block in enumerate(model.blocks):
-        x = block_step(block, index, x, rope, cache, mask)
+        x = block(x, *rope, extend_kv=partial(cache.append, index), mask=mask)
     cache.length += seq
     return model.lm_head(model.final_norm(x))
 
