@@ -79,16 +79,16 @@ def test_the_estimate_is_within_20_percent_of_memory_measured_on_cpu(checkpointi
     """What is measured: the rise of a fresh process's peak resident memory (VmHWM) over three
     training steps of a fresh model, after a one-sequence warm-up run has loaded the kernels and
     libraries that a first step maps in (tens of MiB that are no part of training state). A fresh
-    process, because a long-lived one reuses pages it already holds and shows no rise at all."""
+    process, because a long-lived one reuses pages it already holds and shows no rise at all.
+    The smallest of four such processes counts: allocator slack (freed memory not yet returned,
+    fragmentation) only ever adds to a high-water mark, by 10-20% from one process to the next."""
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the peak resident memory cannot be reset here")
-    result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(checkpointing), str(Path(__file__).parent)],
-        capture_output=True,
-        text=True,
-        check=True,
+    command = [sys.executable, "-c", MEASURE, str(checkpointing), str(Path(__file__).parent)]
+    measured = min(
+        float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        for _ in range(4)
     )
-    measured = float(result.stdout.strip())
     config = tiny(16, checkpointing)
     shape, _ = build_shape(config, 512)
     estimate = estimate_memory(shape, 16 * 256, 1, "ddp", checkpointing, compute_bytes=4)
