@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from layerwise.data import InputInfo, SplitMeta, TokenMeta, meta_to_json
+from layerwise.data.inputs import InputInfo
+from layerwise.data.meta import SplitMeta, TokenMeta, meta_to_json
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

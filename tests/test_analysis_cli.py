@@ -10,10 +10,10 @@ import pytest
 
 from conftest import tiny_run_config
 from layerwise.analysis import analyze_comparison
-from layerwise.cells import ComparisonPlan, cell_path, write_manifest
 from layerwise.cli import main
-from layerwise.config import load_config
-from layerwise.training import train
+from layerwise.compare.cells import ComparisonPlan, cell_path, write_manifest
+from layerwise.config.loader import load_config
+from layerwise.launch import train
 
 FAST = ["--windows", "10", "--cka-tokens", "32", "--entropy-windows", "2"]
 

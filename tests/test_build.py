@@ -17,15 +17,16 @@ import pytest
 import torch
 
 from conftest import tiny_run_config
-from layerwise.build import load_model
-from layerwise.callbacks import Callback
-from layerwise.checkpointing import list_checkpoints
-from layerwise.config import load_config
-from layerwise.distributed import DistInfo
-from layerwise.errors import UserError
-from layerwise.loader import open_split, validation_indices
-from layerwise.step import evaluate
-from layerwise.training import Trainer, train
+from layerwise.config.loader import load_config
+from layerwise.data.loader import open_split, validation_indices
+from layerwise.distributed.env import DistInfo
+from layerwise.launch import train
+from layerwise.training.callbacks.base import Callback, StepRecord, TrainerView
+from layerwise.training.checkpoint import list_checkpoints
+from layerwise.training.load import load_model
+from layerwise.training.step import evaluate
+from layerwise.training.trainer import Trainer
+from layerwise.util.errors import UserError
 
 CPU = DistInfo(0, 0, 1, torch.device("cpu"))
 
@@ -69,7 +70,7 @@ class Snapshot(Callback):
     """Keeps the weights the run starts from."""
 
     def on_train_start(self, trainer: Trainer) -> None:
-        self.weights = {k: v.clone() for k, v in trainer.run.model.state_dict().items()}
+        self.weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         self.start_step = trainer.state.step
 
 
@@ -94,8 +95,8 @@ class Recorder(Callback):
         self.steps: list[int] = []
         self.evaluations = 0
 
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self.steps.append(record["step"])
+    def on_step_end(self, trainer: TrainerView, record: StepRecord) -> None:
+        self.steps.append(record.step)
 
     def on_evaluation(self, trainer: Trainer, record: dict[str, Any]) -> None:
         self.evaluations += 1
@@ -110,9 +111,7 @@ def test_a_callback_hears_every_step_and_evaluation(config_file: Path) -> None:
 
 SCRIPT = """
 import json, sys
-from layerwise.callbacks import Callback
-from layerwise.config import load_config
-from layerwise.training import train
+from layerwise import Callback, load_config, train
 
 class Counter(Callback):
     def __init__(self, log):
@@ -121,7 +120,7 @@ class Counter(Callback):
     def on_step_end(self, trainer, record):
         self.seen += 1
         with open(self.log, "a") as f:
-            f.write(json.dumps({"step": record["step"], "seen": self.seen}) + "\\n")
+            f.write(json.dumps({"step": record.step, "seen": self.seen}) + "\\n")
 
     def state_dict(self):
         return {"seen": self.seen}

@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerwise.checkpointing import (
+from layerwise.distributed.env import DistInfo
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.runs.files import read_records
+from layerwise.training.checkpoint import (
     CHECKPOINT_DIR,
     MANIFEST_FILE,
     TrainerState,
@@ -21,12 +25,8 @@ from layerwise.checkpointing import (
     save_checkpoint,
     verify_checkpoint,
 )
-from layerwise.distributed import DistInfo
-from layerwise.fsutil import atomic_write_json
-from layerwise.metrics import truncate_log
-from layerwise.model import Transformer
-from layerwise.profiles import LayerSpec, ModelShape
-from layerwise.rundir import read_records
+from layerwise.training.metrics import truncate_log
+from layerwise.util.files import atomic_write_json
 
 SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 

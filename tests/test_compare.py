@@ -13,15 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.build import build_shape
-from layerwise.cells import plan_cells
 from layerwise.cli import main
-from layerwise.compare import make_plan, prepare
-from layerwise.config import load_config
-from layerwise.errors import UserError
-from layerwise.metrics import read_records
-from layerwise.profiles import total_params
-from layerwise.rundir import RunSummary
+from layerwise.compare.cells import plan_cells
+from layerwise.compare.run import make_plan, prepare
+from layerwise.config.loader import load_config
+from layerwise.profiles.shape import total_params
+from layerwise.runs.files import RunSummary, read_records
+from layerwise.training.build import config_shape
+from layerwise.util.errors import UserError
 
 TINY = """
 model:
@@ -355,9 +354,9 @@ def test_budgets_match_across_variants_within_half_a_percent(
     plan = make_plan(str(config), *cells, overrides=wide, match_variant="18l")
     assert list(plan.variants) == ["12l", "18l"]
     runs, _ = prepare(plan, world_size=1, rerun_changed=False)
-    target = total_params(build_shape(runs[2].config, 64)[0])  # 18l isotropic
+    target = total_params(config_shape(runs[2].config, 64)[0])  # 18l isotropic
     for run in runs:
-        shape, _ = build_shape(run.config, 64)
+        shape, _ = config_shape(run.config, 64)
         assert abs(total_params(shape) / target - 1) <= 0.005, run.cell.label
     assert {run.config.model.n_layers for run in runs} == {12, 18}
 

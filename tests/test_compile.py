@@ -18,10 +18,11 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from layerwise.config import load_config
-from layerwise.metrics import read_records
-from layerwise.parallelize import count_block_shapes, transformer_blocks
-from layerwise.training import setup_run, train
+from layerwise.config.loader import load_config
+from layerwise.distributed.parallelize import count_block_shapes, transformer_blocks
+from layerwise.launch import train
+from layerwise.runs.files import read_records
+from layerwise.training.trainer import setup_run
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +62,8 @@ def compiled_run(config_file: Path, run_dir: Path, *overrides: str) -> tuple[Pat
 
 
 def block_shapes(config_file: Path, settings: list[str]) -> int:
-    from layerwise.build import with_data_vocab
-    from layerwise.distributed import DistInfo
+    from layerwise.distributed.env import DistInfo
+    from layerwise.training.build import with_data_vocab
 
     config = with_data_vocab(load_config(config_file, [*settings, "run.compile=false"]))
     run = setup_run(config, DistInfo(0, 0, 1, torch.device("cpu")), None)

@@ -7,19 +7,16 @@ from typing import Any
 
 import pytest
 
-from layerwise.config import (
-    Config,
+from layerwise.config.loader import (
     _coerce,
-    batch_plan,
     config_hash,
     dump_config,
     experiment_differences,
     load_config,
     parse_override,
-    total_steps,
-    warmup_steps,
 )
-from layerwise.errors import UserError
+from layerwise.config.schema import Config, batch_plan, total_steps, warmup_steps
+from layerwise.util.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPES = ("isotropic", "vanilla", "framed", "reverse", "crown")

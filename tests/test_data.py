@@ -19,16 +19,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from conftest import SHARED
 from layerwise.cli import data as cli_data
-from layerwise.data import (
-    check_vocab_fits,
-    prepare,
-    read_meta,
-    token_dtype,
-)
-from layerwise.errors import UserError
-from layerwise.inputs import PYTHON_DOCS, resolve_inputs, stdlib_python_files, stdlib_root
-from layerwise.readers import python_docs_documents
-from layerwise.tokenizer import load_tokenizer
+from layerwise.data.inputs import PYTHON_DOCS, resolve_inputs, stdlib_python_files, stdlib_root
+from layerwise.data.meta import check_vocab_fits, read_meta, token_dtype
+from layerwise.data.prepare import prepare
+from layerwise.data.readers import python_docs_documents
+from layerwise.data.tokenizer import load_tokenizer
+from layerwise.util.errors import UserError
 
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 OLMO_JSON = SHARED / "tokenizers" / "gpt-neox-olmo-dolma-v1_5.json"
@@ -305,7 +301,7 @@ def test_interrupted_run_leaves_no_directory(tmp_path: Path) -> None:
     # KeyboardInterrupt: restore the handler an interactive Ctrl-C would meet.
     script = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "from layerwise.data import prepare; prepare([sys.argv[1]], *sys.argv[2:], workers=2)"
+        "from layerwise.data.prepare import prepare; prepare([sys.argv[1]], *sys.argv[2:], workers=2)"
     )
     command = [sys.executable, "-c", script, "big.jsonl", str(GPT2_DIR), "out"]
     process = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
+import layerwise.data.prepare as data
 from conftest import SHARED
-from layerwise import data
 from layerwise.cli import main
-from layerwise.data import prepare, read_meta
-from layerwise.errors import UserError
+from layerwise.data.meta import read_meta
+from layerwise.data.prepare import prepare
+from layerwise.util.errors import UserError
 
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 

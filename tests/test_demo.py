@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from layerwise.cli import main
-from layerwise.config import load_config
-from layerwise.demo import demo_config, demo_evals_dir, demo_overrides
+from layerwise.compare.demo import demo_config, demo_evals_dir, demo_overrides
+from layerwise.config.loader import load_config
 
 
 def test_bad_overrides_are_refused_before_any_data_is_prepared(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerwise.distributed import (
+from layerwise.distributed.env import (
     DistInfo,
     all_reduce_sum,
     barrier,
@@ -15,7 +15,7 @@ from layerwise.distributed import (
     shutdown,
     worker_device,
 )
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import write_token_dir
-from layerwise.checkpointing import list_checkpoints
-from layerwise.metrics import read_records
+from layerwise.runs.files import read_records
+from layerwise.training.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow
 

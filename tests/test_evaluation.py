@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerwise.distributed import DistInfo
-from layerwise.errors import UserError
+from layerwise.data.tokenizer import train_bpe
+from layerwise.distributed.env import DistInfo
 from layerwise.evaluation.formats import Example
 from layerwise.evaluation.metrics import strictly_best, task_result
 from layerwise.evaluation.requests import Request, build_requests
 from layerwise.evaluation.scoring import make_batches, score_requests
 from layerwise.evaluation.tasks import TASKS, load_examples, resolve_evals_dir, select_tasks
-from layerwise.model import BlockOptions, Transformer
-from layerwise.profiles import LayerSpec, ModelShape
-from layerwise.tokenizer import train_bpe
+from layerwise.nn.model import BlockOptions, Transformer
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.util.errors import UserError
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 

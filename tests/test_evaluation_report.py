@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from layerwise.evaluation.report import RunRef, downstream_section
-from layerwise.report_render import render_html, render_markdown
-from layerwise.rundir import RunSummary
+from layerwise.runs.files import RunSummary
+from layerwise.util.render import render_html, render_markdown
 
 
 def scores(acc: float, n: int = 1000, chance: float = 0.25) -> dict:

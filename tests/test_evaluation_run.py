@@ -15,10 +15,10 @@ import pytest
 
 from conftest import write_token_dir
 from layerwise.cli import main as cli_main
-from layerwise.config import load_config
-from layerwise.rundir import RunSummary, read_records
-from layerwise.tokenizer import train_bpe
-from layerwise.training import train
+from layerwise.config.loader import load_config
+from layerwise.data.tokenizer import train_bpe
+from layerwise.launch import train
+from layerwise.runs.files import RunSummary, read_records
 
 THINGS = ["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "lemon"]
 COLOURS = ["red", "blue", "gray", "white", "orange", "striped", "black", "yellow"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.fsutil import atomic_write_bytes, atomic_write_text
+from layerwise.util.files import atomic_write_bytes, atomic_write_text
 
 
 def test_new_files_follow_the_umask_not_mkstemps_private_mode(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerwise.errors import UserError
 from layerwise.hf.generate import (
     GREEDY,
     KVCache,
@@ -14,8 +13,9 @@ from layerwise.hf.generate import (
     generate,
     left_pad,
 )
-from layerwise.model import BlockOptions, Transformer
-from layerwise.profiles import LayerSpec, ModelShape
+from layerwise.nn.model import BlockOptions, Transformer
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.util.errors import UserError
 
 SHAPE = ModelShape(
     d_model=32,

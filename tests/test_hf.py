@@ -12,20 +12,22 @@ import torch
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from layerwise.build import block_options, build_shape, load_model  # noqa: E402
-from layerwise.callbacks import Callback  # noqa: E402
-from layerwise.checkpointing import TrainerState, save_checkpoint  # noqa: E402
 from layerwise.cli import main  # noqa: E402
-from layerwise.config import config_from_dict, load_config  # noqa: E402
-from layerwise.distributed import DistInfo  # noqa: E402
-from layerwise.errors import UserError  # noqa: E402
+from layerwise.config.loader import config_from_dict, load_config  # noqa: E402
+from layerwise.data.tokenizer import load_tokenizer, train_bpe  # noqa: E402
+from layerwise.distributed.env import DistInfo  # noqa: E402
 from layerwise.hf.export import export_run  # noqa: E402
 from layerwise.hf.generate import generate  # noqa: E402
 from layerwise.hf.importer import import_hf, write_run_files  # noqa: E402
-from layerwise.model import Transformer  # noqa: E402
-from layerwise.optim import build_optimizer  # noqa: E402
-from layerwise.tokenizer import load_tokenizer, train_bpe  # noqa: E402
-from layerwise.training import Trainer, train  # noqa: E402
+from layerwise.launch import train  # noqa: E402
+from layerwise.nn.model import Transformer  # noqa: E402
+from layerwise.training.build import block_options, config_shape  # noqa: E402
+from layerwise.training.callbacks.base import Callback  # noqa: E402
+from layerwise.training.checkpoint import TrainerState, save_checkpoint  # noqa: E402
+from layerwise.training.load import load_model  # noqa: E402
+from layerwise.training.optim import build_optimizer  # noqa: E402
+from layerwise.training.trainer import Trainer  # noqa: E402
+from layerwise.util.errors import UserError  # noqa: E402
 
 CPU = torch.device("cpu")
 BASE = {"n_layers": 3, "head_dim": 8, "gqa_group": 2, "ffn_divisor": 16, "vocab_size": 320}
@@ -53,7 +55,7 @@ def make_run(run_dir: Path, model_settings: dict[str, Any], tokenizer_file: Path
         "run": {"dir": str(run_dir)},
     }
     config = config_from_dict(values)
-    shape, _ = build_shape(config, 320)
+    shape, _ = config_shape(config, 320)
     torch.manual_seed(0)
     model = Transformer(shape, block_options(config))
     with torch.no_grad():
@@ -141,7 +143,7 @@ def test_export_import_export_round_trips(
 
 class Snapshot(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
-        self.weights = {k: v.clone() for k, v in trainer.run.model.state_dict().items()}
+        self.weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
 
 def test_imported_runs_train_and_init_from_takes_hf_dirs(

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import write_token_dir
-from layerwise.errors import UserError
-from layerwise.loader import TokenWindows, WindowSampler, open_split, validation_indices
+from layerwise.data.loader import TokenWindows, WindowSampler, open_split, validation_indices
+from layerwise.util.errors import UserError
 
 
 def write_split_dir(directory: Path, train: np.ndarray, val: np.ndarray) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise import losses
+from layerwise.nn import losses
 
 
 def reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise import metrics
+from layerwise.training import metrics
 
 BIG_MIB = 300
 

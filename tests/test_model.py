@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise.model import BlockOptions, Transformer, causal_attention
-from layerwise.profiles import PRESETS, ProfileSpec, build_shape, total_params
+from layerwise.nn.model import BlockOptions, Transformer, causal_attention
+from layerwise.profiles.recipes import PRESETS, ProfileSpec, shape_from_spec
+from layerwise.profiles.shape import total_params
 
 TINY = ProfileSpec(
     ffn=(0.5, 3.8, 0.5),
@@ -27,21 +28,21 @@ TINY = ProfileSpec(
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_analytic_params_equal_built_model(name: str) -> None:
-    shape = build_shape(PRESETS[name])
+    shape = shape_from_spec(PRESETS[name])
     with torch.device("meta"):
         model = Transformer(shape)
     assert sum(p.numel() for p in model.parameters()) == total_params(shape)
 
 
 def test_tied_embeddings_share_one_matrix() -> None:
-    shape = build_shape(replace(TINY, tie_embeddings=True))
+    shape = shape_from_spec(replace(TINY, tie_embeddings=True))
     model = Transformer(shape)
     assert model.lm_head.weight is model.embedding.weight
     assert sum(p.numel() for p in model.parameters()) == total_params(shape)
 
 
 def test_blocks_take_their_widths_from_the_shape() -> None:
-    shape = build_shape(TINY)
+    shape = shape_from_spec(TINY)
     model = Transformer(shape)
     for block, layer in zip(model.blocks, shape.layers, strict=True):
         assert block.ffn.w1.out_features == layer.d_ffn
@@ -52,7 +53,7 @@ def test_blocks_take_their_widths_from_the_shape() -> None:
 @pytest.mark.parametrize("norm_order", ["reordered", "pre"])
 def test_chunked_loss_and_gradients_match_full_logits(norm_order: str) -> None:
     torch.manual_seed(0)
-    model = Transformer(build_shape(TINY), BlockOptions(norm_order=norm_order))  # type: ignore[arg-type]
+    model = Transformer(shape_from_spec(TINY), BlockOptions(norm_order=norm_order))  # type: ignore[arg-type]
     tokens = torch.randint(0, 97, (3, 17))
     loss = model(tokens[:, :-1], tokens[:, 1:])
     loss.backward()
@@ -68,7 +69,7 @@ def test_chunked_loss_and_gradients_match_full_logits(norm_order: str) -> None:
 
 def test_model_is_causal() -> None:
     torch.manual_seed(0)
-    model = Transformer(build_shape(TINY)).eval()
+    model = Transformer(shape_from_spec(TINY)).eval()
     tokens = torch.randint(0, 97, (1, 12))
     changed = tokens.clone()
     changed[0, 8:] = (changed[0, 8:] + 1) % 97
@@ -81,7 +82,7 @@ def test_model_is_causal() -> None:
 def test_initial_loss_is_near_uniform() -> None:
     """OLMo2's small init: an untrained model should be close to log(vocab)."""
     torch.manual_seed(0)
-    model = Transformer(build_shape(TINY))
+    model = Transformer(shape_from_spec(TINY))
     tokens = torch.randint(0, 97, (4, 33))
     with torch.no_grad():
         loss = model(tokens[:, :-1], tokens[:, 1:]).item()
@@ -89,7 +90,7 @@ def test_initial_loss_is_near_uniform() -> None:
 
 
 def test_bf16_autocast_runs_on_cpu() -> None:
-    model = Transformer(build_shape(TINY))
+    model = Transformer(shape_from_spec(TINY))
     tokens = torch.randint(0, 97, (2, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(tokens[:, :-1], tokens[:, 1:])
@@ -103,7 +104,7 @@ def test_bf16_autocast_runs_on_cpu() -> None:
 def test_per_token_losses_keep_the_batch_layout() -> None:
     """reduction="none" gives [batch * seq] losses, token t of sequence b at b * seq + t."""
     torch.manual_seed(0)
-    model = Transformer(build_shape(TINY))
+    model = Transformer(shape_from_spec(TINY))
     tokens = torch.randint(0, 97, (3, 17))
     with torch.no_grad():
         per_token = model(tokens[:, :-1], tokens[:, 1:], reduction="none")
@@ -121,7 +122,7 @@ def test_per_token_losses_keep_the_batch_layout() -> None:
 
 def test_observer_sees_every_block_and_reproduces_the_logits() -> None:
     torch.manual_seed(0)
-    model = Transformer(build_shape(TINY)).eval()
+    model = Transformer(shape_from_spec(TINY)).eval()
     tokens = torch.randint(0, 97, (2, 11))
     seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
@@ -144,7 +145,7 @@ def test_observer_sees_every_block_and_reproduces_the_logits() -> None:
 
 def test_hidden_states_without_observer_is_unchanged() -> None:
     torch.manual_seed(0)
-    model = Transformer(build_shape(TINY)).eval()
+    model = Transformer(shape_from_spec(TINY)).eval()
     tokens = torch.randint(0, 97, (2, 7))
     with torch.no_grad():
         plain = model.hidden_states(tokens)

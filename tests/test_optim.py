@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from layerwise.config import OptimConfig
-from layerwise.model import Transformer
-from layerwise.optim import build_optimizer, lr_at, param_groups
-from layerwise.profiles import LayerSpec, ModelShape
+from layerwise.config.schema import OptimConfig
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.training.optim import build_optimizer, lr_at, param_groups
 
 
 def tiny_model(tie: bool = False) -> Transformer:

@@ -16,17 +16,17 @@ import torch
 import torch.multiprocessing as mp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from layerwise.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
-from layerwise.errors import UserError
-from layerwise.model import Transformer
-from layerwise.parallelize import (
+from layerwise.distributed.env import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from layerwise.distributed.parallelize import (
     count_block_shapes,
     gradient_sync,
     parallelize,
     set_recompile_limit,
     transformer_blocks,
 )
-from layerwise.profiles import ProfileSpec, build_shape
+from layerwise.nn.model import Transformer
+from layerwise.profiles.recipes import ProfileSpec, shape_from_spec
+from layerwise.util.errors import UserError
 
 TINY = ProfileSpec(
     ffn=(1.0, 4.0),
@@ -45,7 +45,7 @@ SINGLE = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")
 
 def tiny_model(seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(build_shape(TINY))
+    return Transformer(shape_from_spec(TINY))
 
 
 def global_batch() -> torch.Tensor:
@@ -214,7 +214,7 @@ def test_recompile_limit_covers_every_block_shape_of_this_model_only() -> None:
         vocab_size=61,
         ffn_divisor=8,
     )
-    blocks = transformer_blocks(Transformer(build_shape(spec)))
+    blocks = transformer_blocks(Transformer(shape_from_spec(spec)))
     assert count_block_shapes(blocks) == 18
     config = torch._dynamo.config
     with config.patch(recompile_limit=8, accumulated_recompile_limit=256):

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerwise.build import build_model, build_shape
-from layerwise.config import Config, batch_plan, config_from_dict, load_config
-from layerwise.errors import UserError
-from layerwise.optim import build_optimizer
-from layerwise.parallelize import checkpoint_blocks, transformer_blocks
-from layerwise.planning import estimate_memory, parse_memory, plan_run, render_plan
-from layerwise.profiles import total_params
-from layerwise.step import train_step
+from layerwise.config.loader import config_from_dict, load_config
+from layerwise.config.schema import Config, batch_plan
+from layerwise.distributed.parallelize import checkpoint_blocks, transformer_blocks
+from layerwise.profiles.shape import total_params
+from layerwise.training.build import build_model, config_shape
+from layerwise.training.optim import build_optimizer
+from layerwise.training.plan import estimate_memory, plan_run, render_plan
+from layerwise.training.step import train_step
+from layerwise.util.errors import UserError
+from layerwise.util.units import parse_memory
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CPU = torch.device("cpu")
@@ -44,7 +46,7 @@ def tiny(micro_batch: int, checkpointing: bool) -> Config:
 
 
 def train_steps(config: Config) -> None:
-    shape, _ = build_shape(config, 512)
+    shape, _ = config_shape(config, 512)
     model = build_model(shape, config, CPU)
     if config.parallel.activation_checkpointing:
         checkpoint_blocks(transformer_blocks(model))
@@ -60,7 +62,7 @@ import dataclasses, gc, sys
 import torch
 sys.path.insert(0, sys.argv[2])
 from test_planning import tiny, train_steps
-from layerwise.metrics import peak_memory_mib, reset_peak_memory
+from layerwise.training.metrics import peak_memory_mib, reset_peak_memory
 
 torch.set_num_threads(1)
 config = tiny(16, sys.argv[1] == "True")
@@ -90,15 +92,15 @@ def test_the_estimate_is_within_20_percent_of_memory_measured_on_cpu(checkpointi
         for _ in range(4)
     )
     config = tiny(16, checkpointing)
-    shape, _ = build_shape(config, 512)
+    shape, _ = config_shape(config, 512)
     estimate = estimate_memory(shape, 16 * 256, 1, "ddp", checkpointing, compute_bytes=4)
     assert estimate.total / 2**20 == pytest.approx(measured, rel=0.2)
 
 
 def test_plan_of_the_1b_presets() -> None:
     config = load_config(CONFIGS / "olmo2-1b-crown.yaml")
-    shape, budget = build_shape(config, 100352)
-    iso, _ = build_shape(load_config(CONFIGS / "olmo2-1b-isotropic.yaml"), 100352)
+    shape, budget = config_shape(config, 100352)
+    iso, _ = config_shape(load_config(CONFIGS / "olmo2-1b-isotropic.yaml"), 100352)
     assert iso.n_layers == 16 and iso.d_model == 2048 and iso.layers[0].d_ffn == 8192
     assert budget is not None and abs(total_params(shape) / total_params(iso) - 1) <= 0.005
     plan = plan_run(
@@ -116,7 +118,7 @@ def test_a_layout_that_does_not_fit_is_warned_about() -> None:
     config = load_config(
         CONFIGS / "olmo2-1b-crown.yaml", ["parallel.strategy=ddp", "batch.micro_batch=64"]
     )
-    shape, _ = build_shape(config, 100352)
+    shape, _ = config_shape(config, 100352)
     plan = plan_run(
         config, shape, gpus=8, gpu_memory=parse_memory("80GiB"), mfu=0.4, peak_tflops=989
     )

@@ -6,21 +6,18 @@ from dataclasses import replace
 
 import pytest
 
-from layerwise.errors import UserError
-from layerwise.profiles import (
+from layerwise.profiles.budget import resolve_shape, solve_budget
+from layerwise.profiles.recipes import (
     PRESETS,
     ProfileSpec,
-    build_shape,
-    flops_per_token,
     interpolate,
     lookup_spec,
     make_divisible,
-    non_embedding_params,
-    parse_count,
-    resolve_shape,
-    solve_budget,
-    total_params,
+    shape_from_spec,
 )
+from layerwise.profiles.shape import flops_per_token, non_embedding_params, total_params
+from layerwise.util.errors import UserError
+from layerwise.util.units import parse_count
 
 STUDY_FFN = {
     "vanilla": [
@@ -123,7 +120,7 @@ STUDY_MILLIONS = {
 
 @pytest.mark.parametrize("name", list(STUDY_FFN))
 def test_presets_reproduce_the_study_tables(name: str) -> None:
-    shape = build_shape(PRESETS[f"paper-18l-{name}"])
+    shape = shape_from_spec(PRESETS[f"paper-18l-{name}"])
     assert [layer.d_ffn for layer in shape.layers] == STUDY_FFN[name]
     assert [layer.n_heads for layer in shape.layers] == STUDY_HEADS[name]
     assert all(layer.n_kv_heads * 3 == layer.n_heads for layer in shape.layers)
@@ -131,7 +128,7 @@ def test_presets_reproduce_the_study_tables(name: str) -> None:
 
 
 def test_isotropic_without_embeddings_matches_the_study() -> None:
-    shape = build_shape(PRESETS["paper-18l-isotropic"])
+    shape = shape_from_spec(PRESETS["paper-18l-isotropic"])
     assert round(non_embedding_params(shape) / 1e6, 2) == 106.21
 
 
@@ -164,7 +161,7 @@ def test_many_anchors_and_explicit_lists() -> None:
 
 def test_frame_overwrites_first_and_last_layer() -> None:
     spec = ProfileSpec(ffn=(1.0, 1.0), qkv=(0.5, 0.5), frame=True, n_layers=4)
-    layers = build_shape(spec).layers
+    layers = shape_from_spec(spec).layers
     assert (layers[0].d_ffn, layers[0].n_heads) == (3072, 12)
     assert (layers[-1].d_ffn, layers[-1].n_heads) == (3072, 12)
     assert (layers[1].d_ffn, layers[1].n_heads) == (768, 6)
@@ -172,14 +169,14 @@ def test_frame_overwrites_first_and_last_layer() -> None:
 
 def test_flops_of_the_isotropic_reference() -> None:
     """6 FLOPs per matmul weight plus 12 * q_dim * seq for attention, per layer (PaLM's count)."""
-    shape = build_shape(PRESETS["paper-18l-isotropic"])
+    shape = shape_from_spec(PRESETS["paper-18l-isotropic"])
     per_layer = 6 * (2 * 768 * 576 + 2 * 768 * 192 + 3 * 768 * 2048) + 12 * 576 * 1024
     assert flops_per_token(shape, 1024) == 18 * per_layer + 6 * 50304 * 768
 
 
 def test_flops_count_each_layers_own_heads() -> None:
     """Costing every layer at one model-wide head count would understate Crown's attention."""
-    crown = build_shape(PRESETS["paper-18l-crown"])
+    crown = shape_from_spec(PRESETS["paper-18l-crown"])
     uniform_heads = replace(
         crown, layers=tuple(replace(layer, n_heads=9, n_kv_heads=3) for layer in crown.layers)
     )
@@ -219,7 +216,7 @@ def test_infeasible_targets_name_the_setting() -> None:
 
 def test_bad_specs_are_rejected() -> None:
     with pytest.raises(UserError, match="ffn"):
-        build_shape(ProfileSpec(ffn=(0.0, 1.0), qkv=(1.0, 1.0)))
+        shape_from_spec(ProfileSpec(ffn=(0.0, 1.0), qkv=(1.0, 1.0)))
     with pytest.raises(UserError, match="unknown profile"):
         lookup_spec("diamond")
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_run_config
-from layerwise import checkpointing
-from layerwise.checkpointing import CHECKPOINT_DIR, list_checkpoints
 from layerwise.cli import main as cli_main
-from layerwise.config import load_config
-from layerwise.errors import UserError
-from layerwise.metrics import read_records
-from layerwise.resume import first_divergence
-from layerwise.training import train
+from layerwise.config.loader import load_config
+from layerwise.launch import train
+from layerwise.runs.files import read_records
+from layerwise.training import checkpoint as checkpointing
+from layerwise.training.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from layerwise.training.resume import first_divergence
+from layerwise.util.errors import UserError
 
 
 @pytest.fixture()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from layerwise.cli import main
-from layerwise.errors import UserError
-from layerwise.runs import list_runs, plot_runs
+from layerwise.runs.listing import list_runs, plot_runs
+from layerwise.util.errors import UserError
 from test_compare import PNG_MAGIC, TINY
 
 

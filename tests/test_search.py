@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from layerwise.errors import UserError
-from layerwise.profiles import SHAPES, interpolate
+from layerwise.profiles.recipes import SHAPES, interpolate
 from layerwise.search.interp import pchip, per_layer
 from layerwise.search.space import SearchSpace, baseline_params, shape_of
+from layerwise.util.errors import UserError
 
 
 def test_pchip_keeps_monotone_data_monotone_and_within_the_anchors() -> None:

@@ -7,23 +7,22 @@ import csv
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
 import pytest
 
 from conftest import markov_tokens, write_token_dir
-from layerwise.callbacks import Callback
 from layerwise.cli import main as cli_main
-from layerwise.errors import UserError
-from layerwise.metrics import read_records
+from layerwise.runs.files import read_records
 from layerwise.search.fidelity import check_fidelity
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.run import SearchResult, run_search
 from layerwise.search.space import SearchSpace, baseline_params
 from layerwise.search.study import open_study
-from layerwise.training import RunInterrupted, Trainer
+from layerwise.training.callbacks.base import Callback, StepRecord, TrainerView
+from layerwise.training.trainer import RunInterrupted
+from layerwise.util.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -125,8 +124,8 @@ class SignalAt(Callback):
     def __init__(self, run_dir: Path, step: int) -> None:
         self.run_dir, self.step = run_dir, step
 
-    def on_step_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if trainer.run.run_dir == self.run_dir and trainer.state.step == self.step:
+    def on_step_end(self, trainer: TrainerView, record: StepRecord) -> None:
+        if trainer.run_dir == self.run_dir and trainer.state.step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
 
 

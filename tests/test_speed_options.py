@@ -22,14 +22,16 @@ import torch._dynamo
 import torch.distributed.checkpoint as dcp
 from torch._dynamo.utils import counters
 
-from layerwise.build import load_model, with_data_vocab
-from layerwise.config import load_config
-from layerwise.distributed import DistInfo
-from layerwise.errors import UserError
-from layerwise.metrics import read_records
-from layerwise.model import causal_attention
-from layerwise.parallelize import check_fp8
-from layerwise.training import setup_run, train
+from layerwise.config.loader import load_config
+from layerwise.distributed.env import DistInfo
+from layerwise.distributed.parallelize import check_fp8
+from layerwise.launch import train
+from layerwise.nn.model import causal_attention
+from layerwise.runs.files import read_records
+from layerwise.training.build import with_data_vocab
+from layerwise.training.load import load_model
+from layerwise.training.trainer import setup_run
+from layerwise.util.errors import UserError
 
 CPU = DistInfo(0, 0, 1, torch.device("cpu"))
 

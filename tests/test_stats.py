@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from layerwise.stats import BETTER, UNDECIDED, WORSE, paired_difference, t_cdf, t_quantile
+from layerwise.util.stats import BETTER, UNDECIDED, WORSE, paired_difference, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize(

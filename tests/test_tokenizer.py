@@ -8,8 +8,8 @@ import pytest
 from tokenizers import Tokenizer, models
 
 from conftest import SHARED
-from layerwise.errors import UserError
-from layerwise.tokenizer import bpe_vocab_size, load_tokenizer, train_bpe
+from layerwise.data.tokenizer import bpe_vocab_size, load_tokenizer, train_bpe
+from layerwise.util.errors import UserError
 
 GPT2_DIR = SHARED / "tokenizers" / "gpt2"
 OLMO_JSON = SHARED / "tokenizers" / "gpt-neox-olmo-dolma-v1_5.json"

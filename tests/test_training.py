@@ -16,18 +16,21 @@ import pytest
 import torch
 
 import layerwise
-from layerwise import step
-from layerwise.build import build_shape, resolve_vocab_size, with_data_vocab
-from layerwise.checkpointing import list_checkpoints
 from layerwise.cli import main as cli_main
-from layerwise.config import Config, load_config
-from layerwise.data import read_meta
-from layerwise.distributed import DistInfo
-from layerwise.errors import UserError
-from layerwise.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops, read_records
-from layerwise.profiles import total_params
-from layerwise.step import NonFiniteLoss, evaluate
-from layerwise.training import RunInterrupted, setup_run, train
+from layerwise.config.loader import load_config
+from layerwise.config.schema import Config
+from layerwise.data.meta import read_meta
+from layerwise.distributed.env import DistInfo
+from layerwise.launch import train
+from layerwise.profiles.shape import total_params
+from layerwise.runs.files import read_records
+from layerwise.training import step
+from layerwise.training.build import config_shape, resolve_vocab_size, with_data_vocab
+from layerwise.training.checkpoint import list_checkpoints
+from layerwise.training.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops
+from layerwise.training.step import NonFiniteLoss, evaluate
+from layerwise.training.trainer import RunInterrupted, setup_run
+from layerwise.util.errors import UserError
 
 
 @pytest.fixture()
@@ -68,7 +71,7 @@ def test_a_run_writes_metrics_checkpoints_config_and_summary(config_file: Path) 
 
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved == summary.to_dict()
-    shape, _ = build_shape(with_data_vocab(config), 64)
+    shape, _ = config_shape(with_data_vocab(config), 64)
     assert summary.params == total_params(shape)
     assert summary.layers == [
         {"d_ffn": layer.d_ffn, "n_heads": layer.n_heads, "n_kv_heads": layer.n_kv_heads}
@@ -202,20 +205,22 @@ def test_vocab_and_shape_come_from_the_config(config_file: Path, data_dir: Path)
     with pytest.raises(UserError, match="61 ids"):
         with_data_vocab(tiny_config(config_file, "model.vocab_size=32"))
 
-    shape, budget = build_shape(config, 64)
+    shape, budget = config_shape(config, 64)
     assert budget is None and shape.n_layers == 3
     vanilla = tiny_config(config_file, "model.profile=vanilla", "model.match=isotropic")
-    matched, budget = build_shape(vanilla, 64)
-    isotropic, _ = build_shape(tiny_config(config_file, "model.profile=isotropic"), 64)
+    matched, budget = config_shape(vanilla, 64)
+    isotropic, _ = config_shape(tiny_config(config_file, "model.profile=isotropic"), 64)
     assert budget is not None and total_params(matched) == pytest.approx(
         total_params(isotropic), rel=0.01
     )
-    _, budget = build_shape(tiny_config(config_file, "model.target_params=40k"), 64)
+    _, budget = config_shape(tiny_config(config_file, "model.target_params=40k"), 64)
     assert budget is not None and abs(budget.relative_error) < 0.05
-    anchored, _ = build_shape(tiny_config(config_file, "model.ffn=[1, 1]", "model.frame=false"), 64)
+    anchored, _ = config_shape(
+        tiny_config(config_file, "model.ffn=[1, 1]", "model.frame=false"), 64
+    )
     assert {layer.d_ffn for layer in anchored.layers} == {32}
     with pytest.raises(UserError, match=r"preset with its own base.*n_layers=3"):
-        build_shape(tiny_config(config_file, "model.profile=paper-18l-crown"), 64)
+        config_shape(tiny_config(config_file, "model.profile=paper-18l-crown"), 64)
 
 
 def test_evaluation_splits_windows_across_ranks(config_file: Path) -> None:
@@ -267,7 +272,7 @@ def test_each_run_reports_its_own_peak_memory(config_file: Path) -> None:
     """Runs in one process (a comparison, a search) once reported the maximum of all before."""
     import numpy as np
 
-    from layerwise.metrics import peak_memory_mib, reset_peak_memory
+    from layerwise.training.metrics import peak_memory_mib, reset_peak_memory
 
     if not os.access("/proc/self/clear_refs", os.W_OK):
         pytest.skip("the peak resident memory cannot be reset here")

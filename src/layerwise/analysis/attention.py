@@ -14,7 +14,7 @@ import math
 import torch
 
 from layerwise.analysis.collect import recording_outputs
-from layerwise.model import Attention, Transformer, apply_rope
+from layerwise.nn.model import Attention, Transformer, apply_rope
 
 
 @torch.no_grad()

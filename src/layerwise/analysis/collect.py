@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from layerwise.model import Block, Transformer
+from layerwise.nn.model import Block, Transformer
 
 FIRST_POSITION = 1
 """Token statistics leave out position 0, whose outlier norms dominate similarity measures."""

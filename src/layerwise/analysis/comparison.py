@@ -15,9 +15,9 @@ import torch
 from layerwise.analysis.outputs import write_analysis
 from layerwise.analysis.runner import AnalysisOptions, Pair, analyze_runs
 from layerwise.analysis.summary import render
-from layerwise.cells import ANALYSIS_DIR, Cell, ComparisonPlan, plan_cells, read_plan
-from layerwise.errors import UserError
-from layerwise.rundir import SUMMARY_FILE
+from layerwise.compare.cells import ANALYSIS_DIR, Cell, ComparisonPlan, plan_cells, read_plan
+from layerwise.runs.files import SUMMARY_FILE
+from layerwise.util.errors import UserError
 
 
 def reference_profile(plan: ComparisonPlan) -> str:

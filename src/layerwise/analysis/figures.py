@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from layerwise.plots import colour_for, save_figure
+from layerwise.util.plots import colour_for, save_figure
 
 Run = dict[str, Any]
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.analysis.collect import BatchStates, accumulate, continue_from, token_rows
-from layerwise.losses import linear_cross_entropy
-from layerwise.model import Transformer
-from layerwise.profiles import ModelShape, layer_params
+from layerwise.nn.losses import linear_cross_entropy
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import ModelShape, layer_params
 
 
 class LayerImportance:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from layerwise.analysis.collect import accumulate
-from layerwise.model import Transformer
+from layerwise.nn.model import Transformer
 
 CHUNK_TOKENS = 2048
 NEAR_FINAL = 0.10

@@ -16,7 +16,7 @@ import torch
 from layerwise.analysis.figures import write_figures
 from layerwise.analysis.runner import AnalysisOptions, Pair, analyze_runs, json_ready
 from layerwise.analysis.summary import render
-from layerwise.fsutil import atomic_write_json, atomic_write_text
+from layerwise.util.files import atomic_write_json, atomic_write_text
 
 JSON_FILE = "analysis.json"
 MARKDOWN_FILE = "analysis.md"

@@ -23,12 +23,12 @@ from layerwise.analysis.collect import collect_states, token_rows
 from layerwise.analysis.geometry import Geometry, UpdateRatios
 from layerwise.analysis.importance import LayerImportance
 from layerwise.analysis.lens import LogitLens
-from layerwise.build import TrainedModel, load_model
-from layerwise.data import read_meta
-from layerwise.errors import UserError
-from layerwise.loader import open_split, validation_indices
-from layerwise.model import Transformer
-from layerwise.profiles import ModelShape, layer_params
+from layerwise.data.loader import open_split, validation_indices
+from layerwise.data.meta import read_meta
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import ModelShape, layer_params
+from layerwise.training.load import TrainedModel, load_model
+from layerwise.util.errors import UserError
 
 
 @dataclass(frozen=True)

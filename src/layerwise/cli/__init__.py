@@ -11,7 +11,7 @@ import errno
 import importlib
 import sys
 
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 COMMAND_MODULES = (
     "profile",

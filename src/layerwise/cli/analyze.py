@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from layerwise.analysis import AnalysisOptions, analyze, analyze_comparison
     from layerwise.analysis.comparison import ANALYSIS_DIR
     from layerwise.analysis.outputs import MARKDOWN_FILE
-    from layerwise.cells import MANIFEST_FILE
-    from layerwise.errors import UserError
+    from layerwise.compare.cells import MANIFEST_FILE
+    from layerwise.util.errors import UserError
 
     if args.cka_tokens < 4:
         raise UserError(f"--cka-tokens must be at least 4, got {args.cka_tokens}")

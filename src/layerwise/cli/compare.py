@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from layerwise.cells import Cell, ComparisonPlan
+    from layerwise.compare.cells import Cell, ComparisonPlan
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -97,14 +97,14 @@ DEFAULT_PROFILES = "isotropic,vanilla,framed,reverse,crown"
 
 
 def plan_from_args(args: argparse.Namespace) -> ComparisonPlan:
-    from layerwise.compare import (
+    from layerwise.compare.run import (
         collect_variants,
         make_fine_tune_plan,
         make_plan,
         parse_list,
         parse_seeds,
     )
-    from layerwise.errors import UserError
+    from layerwise.util.errors import UserError
 
     if args.init_from is not None:
         grid = [flag for flag, value in GRID_FLAGS.items() if getattr(args, value)]
@@ -146,8 +146,8 @@ def announce(console: Console) -> Callable[[int, int, Cell, str], None]:
 
 def print_report(console: Console, out: str, analyze: bool = False) -> None:
     """Write the report (after the layer analysis, when asked for) and print its table."""
-    from layerwise.report import sentence, summary_table, write_report
-    from layerwise.report_render import markdown_table
+    from layerwise.compare.report import sentence, summary_table, write_report
+    from layerwise.util.render import markdown_table
 
     if analyze:
         from layerwise.analysis import analyze_comparison
@@ -176,9 +176,9 @@ def execute(
     console: Console, plan: ComparisonPlan, rerun_changed: bool = False, analyze: bool = False
 ) -> int:
     """Train the missing runs, then (on rank 0) write and print the report."""
-    from layerwise.compare import is_main_process, run_comparison
-    from layerwise.distributed import shutdown
-    from layerwise.training import RunInterrupted
+    from layerwise.compare.run import is_main_process, run_comparison
+    from layerwise.distributed.env import shutdown
+    from layerwise.training.trainer import RunInterrupted
 
     main_process = is_main_process(plan)
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from layerwise.data import DEFAULT_VAL_FRACTION, PrepareResult, Terminated, prepare
-from layerwise.errors import UserError
-from layerwise.inputs import PYTHON_DOCS
-from layerwise.profiles import parse_count
+from layerwise.data.inputs import PYTHON_DOCS
+from layerwise.data.prepare import DEFAULT_VAL_FRACTION, PrepareResult, Terminated, prepare
+from layerwise.util.errors import UserError
+from layerwise.util.units import parse_count
 
 
 def token_count(text: str) -> int:

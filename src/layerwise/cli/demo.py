@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from layerwise.cli.data import summary_line
-    from layerwise.demo import (
+    from layerwise.compare.demo import (
         DEMO_EVAL_LIMIT,
         DEMO_TOKENIZER,
         check_overrides,

@@ -61,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerwise.distributed import shutdown
+    from layerwise.distributed.env import shutdown
     from layerwise.evaluation.evaluator import evaluate_run, result_path, results_json
     from layerwise.evaluation.report import RunRef, load_scores
     from layerwise.evaluation.tasks import select_tasks

@@ -13,7 +13,7 @@ from layerwise.cli import positive_int
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from layerwise.model import Transformer
+    from layerwise.nn.model import Transformer
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,17 +37,18 @@ def load_source(source: str) -> tuple[Transformer, Tokenizer, int]:
     """Model, tokenizer and EOS id of a run directory (config.yaml) or an HF directory."""
     from tokenizers import Tokenizer
 
-    from layerwise.errors import UserError
+    from layerwise.util.errors import UserError
 
     path = Path(source)
     if (path / "config.yaml").is_file():
-        from layerwise.build import load_model
+        from layerwise.training.load import load_model
 
         trained = load_model(path)
         tokenizer_file = path / "tokenizer" / "tokenizer.json"
         model, eos_id = trained.model, trained.meta.eos_id
     elif (path / "config.json").is_file():
-        from layerwise.hf.importer import hf_tokenizer, load_hf_model
+        from layerwise.hf.importer import hf_tokenizer
+        from layerwise.nn.state_dict_adapter import load_hf_model
 
         model, arch = load_hf_model(path)
         tokenizer_file, eos_id = path / "tokenizer.json", hf_tokenizer(path, arch.eos_id).eos_id

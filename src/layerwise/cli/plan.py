@@ -38,10 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerwise.build import build_shape, with_data_vocab
-    from layerwise.config import load_config
-    from layerwise.errors import UserError
-    from layerwise.planning import DEFAULT_PEAK_TFLOPS, parse_memory, plan_run, render_plan
+    from layerwise.config.loader import load_config
+    from layerwise.training.build import config_shape, with_data_vocab
+    from layerwise.training.plan import DEFAULT_PEAK_TFLOPS, plan_run, render_plan
+    from layerwise.util.errors import UserError
+    from layerwise.util.units import parse_memory
 
     config = load_config(args.config, args.overrides)
     if config.model.vocab_size is None:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                 f"({exc}); set model.vocab_size=N to plan without the data"
             ) from None
     assert config.model.vocab_size is not None
-    shape, _ = build_shape(config, config.model.vocab_size)
+    shape, _ = config_shape(config, config.model.vocab_size)
     peak = args.peak_tflops or config.run.peak_tflops or DEFAULT_PEAK_TFLOPS
     plan = plan_run(config, shape, args.gpus, parse_memory(args.gpu_memory), args.mfu, peak)
     Console(width=200).print(escape(render_plan(plan)), highlight=False)

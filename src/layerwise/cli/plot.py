@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerwise.runs import plot_runs
+    from layerwise.runs.listing import plot_runs
 
     print(f"curves: {plot_runs(args.run_dirs, args.output)}")
     return 0

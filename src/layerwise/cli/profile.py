@@ -11,20 +11,17 @@ from rich.console import Console
 from rich.table import Table
 
 from layerwise.cli import positive_int
-from layerwise.errors import UserError
-from layerwise.profiles import (
-    PRESETS,
-    BudgetResult,
+from layerwise.profiles.budget import BudgetResult, resolve_shape
+from layerwise.profiles.recipes import PRESETS, ProfileSpec, lookup_spec
+from layerwise.profiles.shape import (
     ModelShape,
-    ProfileSpec,
     flops_per_token,
     layer_params,
-    lookup_spec,
     non_embedding_params,
-    parse_count,
-    resolve_shape,
     total_params,
 )
+from layerwise.util.errors import UserError
+from layerwise.util.units import parse_count
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -187,7 +184,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from layerwise.plots import plot_allocation
+    from layerwise.profiles.plot import plot_allocation
 
     shapes = {name: resolve_from_args(name, args)[0] for name in args.profiles}
     path = plot_allocation(shapes, args.output)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from layerwise.runs import RunStatus
+    from layerwise.runs.listing import RunStatus
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from layerwise.runs import list_runs
+    from layerwise.runs.listing import list_runs
 
     statuses = list_runs(args.dir)
     if args.json:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from layerwise.cli import positive_int
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 
 def float_pair(text: str) -> tuple[float, float]:
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from layerwise.search.fidelity import check_fidelity
     from layerwise.search.plan import check_plan
     from layerwise.search.run import run_search
-    from layerwise.training import RunInterrupted
+    from layerwise.training.trainer import RunInterrupted
 
     console = Console()
     plan = make_plan(args)
@@ -170,7 +170,7 @@ def print_summary(console: Console, found) -> None:
 
 def confirm(console: Console, study, plan, out, args: argparse.Namespace) -> int:
     from layerwise.cli.compare import execute
-    from layerwise.compare import parse_seeds
+    from layerwise.compare.run import parse_seeds
     from layerwise.search.confirm import confirm_plan
 
     comparison = confirm_plan(study, plan, out, args.confirm, parse_seeds(args.confirm_seeds))

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from layerwise.rundir import RunSummary
+    from layerwise.runs.files import RunSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,9 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from layerwise.config import load_config
-    from layerwise.distributed import shutdown
-    from layerwise.training import RunInterrupted, train
+    from layerwise.config.loader import load_config
+    from layerwise.distributed.env import shutdown
+    from layerwise.launch import train
+    from layerwise.training.trainer import RunInterrupted
 
     if args.config is None or "=" in args.config:
         args.parser.error(

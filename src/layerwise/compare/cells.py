@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerwise.errors import UserError
-from layerwise.fsutil import atomic_write_json
+from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_json
 
 MANIFEST_FILE = "comparison.json"
 ANALYSIS_DIR = "analysis"

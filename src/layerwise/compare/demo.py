@@ -10,11 +10,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from layerwise.compare import ComparisonPlan, make_plan
-from layerwise.config import load_config
-from layerwise.data import META_FILE, PrepareResult, prepare
+from layerwise.compare.cells import ComparisonPlan
+from layerwise.compare.run import make_plan
+from layerwise.config.loader import load_config
+from layerwise.data.meta import META_FILE
+from layerwise.data.prepare import PrepareResult, prepare
 from layerwise.evaluation.tasks import default_evals_dir
-from layerwise.profiles import SHAPES
+from layerwise.profiles.recipes import SHAPES
 
 DEMO_TOKENIZER = "bpe:4096"
 DEMO_VAL_TOKENS = 40_000
@@ -23,7 +25,7 @@ DEMO_VAL_TOKENS = 40_000
 
 def demo_config() -> Path:
     """The packaged config of the demo's tiny models."""
-    return Path(str(resources.files("layerwise") / "demo.yaml"))
+    return Path(str(resources.files("layerwise.compare") / "demo.yaml"))
 
 
 def prepare_demo_data(data_dir: Path) -> PrepareResult | None:

@@ -12,19 +12,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerwise.plots import (
+from layerwise.profiles.plot import plot_allocation
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.runs.listing import Curve
+from layerwise.util.plots import (
     moving_average,
-    plot_allocation,
     plot_bars,
     plot_curves,
     plot_panels,
     smoothing_window,
 )
-from layerwise.profiles import LayerSpec, ModelShape
-from layerwise.runs import Curve
 
 if TYPE_CHECKING:
-    from layerwise.report import RunResult
+    from layerwise.compare.results import RunResult
 
 Band = list[tuple[float, float, float]]
 LINE_STYLES = ("-", "--", ":", "-.")

@@ -7,7 +7,7 @@ starts fast. Damaged files are UserErrors that name the file and the fix.
 
 A row is a profile, or a variant's profile (`12l/crown`). Runs with the same seed share data
 order and validation windows, so each row is judged by its paired differences from the reference
-row with a Student-t interval (`layerwise.stats`). The report is a list of sections
+row with a Student-t interval (`layerwise.util.stats`). The report is a list of sections
 (`SECTION_BUILDERS`); later parts such as downstream scores are appended as builders.
 """
 
@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerwise.cells import ANALYSIS_DIR, Cell, ComparisonPlan, plan_cells, read_plan, row_label
-from layerwise.errors import UserError
+from layerwise.compare.cells import (
+    ANALYSIS_DIR,
+    Cell,
+    ComparisonPlan,
+    row_label,
+)
+from layerwise.compare.figures import write_plots
+from layerwise.compare.results import RunResult, load_results
 from layerwise.evaluation.report import RunRef, downstream_section
-from layerwise.fsutil import atomic_write_text
-from layerwise.report_figures import write_plots
-from layerwise.report_render import (
+from layerwise.util.files import atomic_write_text
+from layerwise.util.render import (
     Bullets,
     Figures,
     Paragraph,
@@ -36,24 +41,9 @@ from layerwise.report_render import (
     render_html,
     render_markdown,
 )
-from layerwise.rundir import SUMMARY_FILE, RunSummary
-from layerwise.runs import Curve, curve, required_metrics
-from layerwise.stats import LEVEL, PairedDifference, paired_difference
+from layerwise.util.stats import LEVEL, PairedDifference, paired_difference
 
 TITLE = "Layer-wise scaling comparison"
-
-
-@dataclass(frozen=True)
-class RunResult:
-    cell: Cell
-    summary: RunSummary
-    train_loss: Curve
-    val_ppl: Curve
-    val_loss: Curve
-
-    @property
-    def profile(self) -> str:
-        return self.cell.profile
 
 
 @dataclass(frozen=True)
@@ -105,35 +95,6 @@ class ReportContext:
 
 
 SectionBuilder = Callable[[ReportContext], Section | None]
-
-
-def load_run(cell: Cell) -> RunResult | None:
-    """A finished run's summary and curves (x in millions of tokens); None if not finished."""
-    if not (cell.run_dir / SUMMARY_FILE).exists():
-        return None
-    summary = RunSummary.load(cell.run_dir / SUMMARY_FILE)
-    try:
-        records = required_metrics(cell.run_dir)
-    except UserError as exc:
-        raise UserError(
-            f"{exc}. The run's summary is intact but its curves are not: delete {cell.run_dir} "
-            "and rerun the compare command to train it again"
-        ) from None
-
-    def millions(kind: str, key: str) -> Curve:
-        return [(x / 1e6, y) for x, y in curve(records, kind, key, x="tokens")]
-
-    return RunResult(
-        cell, summary, millions("train", "loss"), millions("val", "ppl"), millions("val", "loss")
-    )
-
-
-def load_results(out: Path) -> tuple[ComparisonPlan, list[RunResult]]:
-    plan = read_plan(out)
-    results = [result for cell in plan_cells(plan) if (result := load_run(cell)) is not None]
-    if not results:
-        raise UserError(f"no finished runs under {out} yet: run `layerwise compare` first")
-    return plan, results
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

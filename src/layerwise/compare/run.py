@@ -28,8 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from layerwise.build import build_shape, with_data_vocab
-from layerwise.cells import (
+from layerwise.compare.cells import (
     Cell,
     ComparisonPlan,
     make_cell,
@@ -37,21 +36,22 @@ from layerwise.cells import (
     read_plan,
     write_manifest,
 )
-from layerwise.checkpointing import list_checkpoints
-from layerwise.config import (
-    Config,
-    batch_plan,
+from layerwise.config.loader import (
     config_hash,
     config_to_dict,
     experiment_differences,
     load_config,
     parse_override,
 )
-from layerwise.distributed import DistInfo, barrier, init_distributed
-from layerwise.errors import UserError
-from layerwise.profiles import PRESETS, SHAPES, total_params
-from layerwise.rundir import CONFIG_FILE, SUMMARY_FILE, RunSummary
-from layerwise.training import train
+from layerwise.config.schema import Config, batch_plan
+from layerwise.distributed.env import DistInfo, barrier, init_distributed
+from layerwise.launch import train
+from layerwise.profiles.recipes import PRESETS, SHAPES
+from layerwise.profiles.shape import total_params
+from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, RunSummary
+from layerwise.training.build import config_shape, with_data_vocab
+from layerwise.training.checkpoint import list_checkpoints
+from layerwise.util.errors import UserError
 
 OnRun = Callable[[int, int, Cell, str], None]
 
@@ -224,7 +224,7 @@ def with_target(plan: ComparisonPlan) -> ComparisonPlan:
     reference = checked_run(unmatched, make_cell(unmatched, axes), world_size=1)
     vocab_size = reference.config.model.vocab_size
     assert vocab_size is not None, "with_data_vocab fills it in"
-    return replace(plan, target_params=total_params(build_shape(reference.config, vocab_size)[0]))
+    return replace(plan, target_params=total_params(config_shape(reference.config, vocab_size)[0]))
 
 
 def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun:
@@ -234,7 +234,7 @@ def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun
         run = resolve(plan, cell)
         vocab_size = run.config.model.vocab_size
         assert vocab_size is not None, "with_data_vocab fills it in"
-        build_shape(run.config, vocab_size)
+        config_shape(run.config, vocab_size)
         batch_plan(run.config, world_size)
     except UserError as exc:
         raise UserError(f"{cell.label} cannot run: {exc}") from None

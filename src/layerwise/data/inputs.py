@@ -17,7 +17,7 @@ from glob import glob
 from pathlib import Path
 from typing import NamedTuple
 
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 PYTHON_DOCS = "python-docs"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerwise.data import read_meta
-from layerwise.errors import UserError
+from layerwise.data.meta import read_meta
+from layerwise.util.errors import UserError
 
 
 class TokenWindows:

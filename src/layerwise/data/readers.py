@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from layerwise.errors import UserError
-from layerwise.inputs import PYTHON_DOCS, Source, read_file_bytes, stdlib_python_files
+from layerwise.data.inputs import PYTHON_DOCS, Source, read_file_bytes, stdlib_python_files
+from layerwise.util.errors import UserError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "<|end_of_text|>")
 """End-of-document tokens we recognise, most common first (GPT-2/NeoX, Llama/T5, Gemma, ...)."""

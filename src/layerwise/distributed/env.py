@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as torch_dist
 
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 T = TypeVar("T")
 

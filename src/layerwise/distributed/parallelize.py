@@ -35,9 +35,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from layerwise.distributed import DistInfo, is_distributed
-from layerwise.errors import UserError
-from layerwise.model import Attention, AttentionBackend
+from layerwise.distributed.env import DistInfo, is_distributed
+from layerwise.nn.model import Attention, AttentionBackend
+from layerwise.util.errors import UserError
 
 Strategy = Literal["none", "ddp", "fsdp"]
 CompileMode = Literal["blocks", "model"]

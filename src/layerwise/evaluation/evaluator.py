@@ -19,18 +19,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from layerwise.build import compute_dtype, load_model
-from layerwise.data import TOKENIZER_FILE
-from layerwise.distributed import DistInfo, init_distributed
-from layerwise.errors import UserError
+from layerwise.data.meta import TOKENIZER_FILE
+from layerwise.data.tokenizer import LoadedTokenizer, load_tokenizer
+from layerwise.distributed.env import DistInfo, init_distributed
 from layerwise.evaluation.formats import Example
 from layerwise.evaluation.metrics import TaskResult, task_result
 from layerwise.evaluation.requests import Request, build_requests, choice_offsets
 from layerwise.evaluation.scoring import DEFAULT_BATCH_TOKENS, score_requests
 from layerwise.evaluation.tasks import MmluSplit, Task, load_examples, resolve_evals_dir
-from layerwise.fsutil import atomic_write_json
-from layerwise.rundir import TOKENIZER_DIR
-from layerwise.tokenizer import LoadedTokenizer, load_tokenizer
+from layerwise.nn.precision import compute_dtype
+from layerwise.runs.files import TOKENIZER_DIR
+from layerwise.training.load import load_model
+from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_json
 
 EVAL_DIR = "eval"
 """Where `layerwise eval` writes `step<k>.json` inside the run directory."""

@@ -19,9 +19,9 @@ from typing import Any
 
 from layerwise.evaluation.metrics import RECORD_TYPE
 from layerwise.evaluation.tasks import CORE
-from layerwise.plots import plot_panels
-from layerwise.report_render import Block, Figures, Paragraph, Section, Table
-from layerwise.rundir import METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
+from layerwise.runs.files import METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
+from layerwise.util.plots import plot_panels
+from layerwise.util.render import Block, Figures, Paragraph, Section, Table
 
 FIGURE_NAME = "downstream_core.png"
 

@@ -23,11 +23,11 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
-from layerwise.build import autocast
-from layerwise.distributed import DistInfo, all_reduce_sum
+from layerwise.distributed.env import DistInfo, all_reduce_sum
 from layerwise.evaluation.requests import Request
-from layerwise.losses import linear_cross_entropy
-from layerwise.model import Transformer
+from layerwise.nn.losses import linear_cross_entropy
+from layerwise.nn.model import Transformer
+from layerwise.nn.precision import autocast
 
 DEFAULT_BATCH_TOKENS = 16384
 

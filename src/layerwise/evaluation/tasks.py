@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 import layerwise
-from layerwise.errors import UserError
 from layerwise.evaluation import formats
 from layerwise.evaluation.formats import Example, Row
+from layerwise.util.errors import UserError
 
 Primary = Literal["acc", "len_norm"]
 MmluSplit = Literal["validation", "test"]

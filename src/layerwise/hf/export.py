@@ -17,16 +17,17 @@ from typing import Any
 
 import torch
 
-from layerwise.build import block_options, load_model
-from layerwise.errors import UserError
-from layerwise.hf.convert import (
+from layerwise.nn.state_dict_adapter import (
     MODELING_FILE,
     PROFILE_KEY,
     hf_config,
     is_isotropic,
     to_hf_state,
 )
-from layerwise.rundir import TOKENIZER_DIR
+from layerwise.runs.files import TOKENIZER_DIR
+from layerwise.training.build import block_options
+from layerwise.training.load import load_model
+from layerwise.util.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WEIGHTS_FILE = "model.safetensors"

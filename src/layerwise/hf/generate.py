@@ -14,8 +14,8 @@ from functools import partial
 
 import torch
 
-from layerwise.errors import UserError
-from layerwise.model import Transformer
+from layerwise.nn.model import Transformer
+from layerwise.util.errors import UserError
 
 
 @dataclass(frozen=True)

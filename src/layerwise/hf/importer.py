@@ -10,7 +10,6 @@ optimizer, so `layerwise train RUN_DIR/config.yaml --resume` trains it like any 
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,78 +17,23 @@ from typing import Any
 
 import torch
 
-from layerwise.config import Config, config_from_dict, config_to_dict, load_config, parse_override
-from layerwise.errors import UserError
-from layerwise.hf.convert import (
+from layerwise.config.loader import config_from_dict, config_to_dict, load_config, parse_override
+from layerwise.config.schema import Config
+from layerwise.data.tokenizer import LoadedTokenizer, load_tokenizer
+from layerwise.nn.model import Transformer
+from layerwise.nn.state_dict_adapter import (
     PROFILE_KEY,
     HfArchitecture,
     from_hf_state,
     is_isotropic,
-    read_hf_config,
+    read_architecture,
+    read_tensors,
 )
-from layerwise.model import Transformer, rope_tables
-from layerwise.profiles import SHAPES, ModelShape
-from layerwise.tokenizer import LoadedTokenizer, load_tokenizer
+from layerwise.profiles.recipes import SHAPES
+from layerwise.util.errors import UserError
 
 DEFAULT_TRAINING = {"batch": {"global_batch": 32, "micro_batch": 8}, "train": {"steps": 1000}}
 """Placeholders that make an imported config valid; set real ones with --config or overrides."""
-
-
-def read_architecture(hf_dir: Path) -> tuple[HfArchitecture, dict[str, Any]]:
-    """The shape of the checkpoint in `hf_dir`, from its config.json."""
-    path = hf_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{hf_dir} holds no config.json: is it a Hugging Face model directory?")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc})") from None
-    return read_hf_config(document, str(path)), document
-
-
-def load_hf_state(hf_dir: str | Path) -> tuple[ModelShape, dict[str, torch.Tensor]]:
-    """Shape and weights (our names, float32) of an HF checkpoint directory."""
-    hf_dir = Path(hf_dir)
-    arch, _ = read_architecture(hf_dir)
-    return arch.shape, from_hf_state(read_tensors(hf_dir), arch.shape, str(hf_dir))
-
-
-def load_hf_model(hf_dir: str | Path) -> tuple[Transformer, HfArchitecture]:
-    """Our model with the checkpoint's weights, in eval mode on the CPU."""
-    hf_dir = Path(hf_dir)
-    arch, _ = read_architecture(hf_dir)
-    state = from_hf_state(read_tensors(hf_dir), arch.shape, str(hf_dir))
-    with torch.device("meta"):
-        model = Transformer(arch.shape, arch.options)
-    model = model.to_empty(device="cpu")
-    model.load_state_dict(state)
-    cos, sin = rope_tables(arch.shape.head_dim, arch.options.max_seq_len, arch.options.rope_theta)
-    model.rope_cos, model.rope_sin = cos, sin  # to_empty left these non-persistent buffers unset
-    return model.eval(), arch
-
-
-def read_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of `model.safetensors` or of the shards its index lists."""
-    from safetensors.torch import load_file
-
-    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
-    else:
-        raise UserError(
-            f"{hf_dir} has no model.safetensors (or model.safetensors.index.json); only "
-            "safetensors checkpoints can be imported"
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    for file in files:
-        try:
-            tensors.update(load_file(str(file)))
-        except Exception as exc:
-            raise UserError(f"{file} is not a readable safetensors file ({exc})") from None
-    return tensors
 
 
 def hf_tokenizer(hf_dir: Path, eos_id: int | None) -> LoadedTokenizer:
@@ -145,7 +89,7 @@ def imported_config(
 ) -> Config:
     """The run's config: `base` (or placeholders) for data and training, the checkpoint's
     shape for the model, then `overrides`; refused if the result is not the checkpoint's shape."""
-    from layerwise.build import build_shape
+    from layerwise.training.build import config_shape
 
     values = config_to_dict(load_config(base)) if base else config_to_dict(Config())
     if base is None:
@@ -160,7 +104,7 @@ def imported_config(
         section, key, value = parse_override(text)
         values[section][key] = value
     config = config_from_dict(values, default_source="layerwise import")
-    shape, _ = build_shape(config, arch.shape.vocab_size)
+    shape, _ = config_shape(config, arch.shape.vocab_size)
     if config.model.norm_order != "reordered" or shape != arch.shape:
         raise UserError(
             "the model settings given to `layerwise import` change the checkpoint's shape; "
@@ -178,11 +122,11 @@ def import_hf(
 ) -> Config:
     """Write `out` as a run directory holding the checkpoint of `hf_dir` at step 0: config.yaml,
     tokenizer/ and a verified checkpoint with a fresh optimizer. Returns the run's config."""
-    from layerwise.build import block_options
-    from layerwise.checkpointing import TrainerState, save_checkpoint
-    from layerwise.distributed import DistInfo
-    from layerwise.optim import build_optimizer
-    from layerwise.resume import clear_run, holds_run
+    from layerwise.distributed.env import DistInfo
+    from layerwise.training.build import block_options
+    from layerwise.training.checkpoint import TrainerState, save_checkpoint
+    from layerwise.training.optim import build_optimizer
+    from layerwise.training.resume import clear_run, holds_run
 
     hf_dir, out = Path(hf_dir), Path(out)
     arch, document = read_architecture(hf_dir)
@@ -216,10 +160,10 @@ def write_run_files(
 ) -> None:
     """config.yaml and tokenizer/ (tokenizer.json and a meta.json naming it, with no splits:
     the run has seen no tokens of ours), as `train` records them."""
-    from layerwise.config import dump_config
-    from layerwise.data import META_FILE, TokenMeta, meta_to_json
-    from layerwise.fsutil import atomic_write_text
-    from layerwise.rundir import CONFIG_FILE, TOKENIZER_DIR
+    from layerwise.config.loader import dump_config
+    from layerwise.data.meta import META_FILE, TokenMeta, meta_to_json
+    from layerwise.runs.files import CONFIG_FILE, TOKENIZER_DIR
+    from layerwise.util.files import atomic_write_text
 
     atomic_write_text(out / CONFIG_FILE, dump_config(config))
     tokenizer_dir = out / TOKENIZER_DIR

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from layerwise.losses import Reduction, linear_cross_entropy
-from layerwise.profiles import LayerSpec, ModelShape
+from layerwise.nn.losses import Reduction, linear_cross_entropy
+from layerwise.profiles.shape import LayerSpec, ModelShape
 
 NormOrder = Literal["reordered", "pre"]
 

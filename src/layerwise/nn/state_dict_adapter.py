@@ -1,4 +1,5 @@
-"""Our parameters and shape to and from Hugging Face's Olmo2 names and config.json, in pure torch.
+"""Our parameters and shape to and from Hugging Face's Olmo2 names and config.json, in pure torch,
+and an Olmo2 checkpoint directory (config.json + safetensors) read as our shape and weights.
 
 The block is OLMo2's, so every tensor maps one to one onto transformers' `Olmo2ForCausalLM` names
 without reshaping: that is what lets an isotropic model load as a native Olmo2 and a layer-wise
@@ -8,15 +9,17 @@ is used both ways, so export and import cannot drift apart.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from layerwise.errors import UserError
-from layerwise.model import BlockOptions
-from layerwise.profiles import LayerSpec, ModelShape
+from layerwise.nn.model import BlockOptions, Transformer, rope_tables
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.util.errors import UserError
 
 NATIVE_MODEL_TYPE = "olmo2"
 NATIVE_ARCHITECTURE = "Olmo2ForCausalLM"
@@ -72,7 +75,7 @@ def from_hf_state(
 
     Checked here rather than by `load_state_dict`, so a wrong file says which tensor and where.
     """
-    from layerwise.model import Transformer
+    from layerwise.nn.model import Transformer
 
     with torch.device("meta"):
         expected = Transformer(shape).state_dict()
@@ -256,3 +259,60 @@ def _eos_id(value: Any) -> int | None:
     if isinstance(value, list):
         return int(value[0]) if value else None
     return None if value is None else int(value)
+
+
+def read_architecture(hf_dir: Path) -> tuple[HfArchitecture, dict[str, Any]]:
+    """The shape of the checkpoint in `hf_dir`, from its config.json."""
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"{hf_dir} holds no config.json: is it a Hugging Face model directory?")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({exc})") from None
+    return read_hf_config(document, str(path)), document
+
+
+def load_hf_state(hf_dir: str | Path) -> tuple[ModelShape, dict[str, torch.Tensor]]:
+    """Shape and weights (our names, float32) of an HF checkpoint directory."""
+    hf_dir = Path(hf_dir)
+    arch, _ = read_architecture(hf_dir)
+    return arch.shape, from_hf_state(read_tensors(hf_dir), arch.shape, str(hf_dir))
+
+
+def load_hf_model(hf_dir: str | Path) -> tuple[Transformer, HfArchitecture]:
+    """Our model with the checkpoint's weights, in eval mode on the CPU."""
+    hf_dir = Path(hf_dir)
+    arch, _ = read_architecture(hf_dir)
+    state = from_hf_state(read_tensors(hf_dir), arch.shape, str(hf_dir))
+    with torch.device("meta"):
+        model = Transformer(arch.shape, arch.options)
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state)
+    cos, sin = rope_tables(arch.shape.head_dim, arch.options.max_seq_len, arch.options.rope_theta)
+    model.rope_cos, model.rope_sin = cos, sin  # to_empty left these non-persistent buffers unset
+    return model.eval(), arch
+
+
+def read_tensors(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of `model.safetensors` or of the shards its index lists."""
+    from safetensors.torch import load_file
+
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = [hf_dir / name for name in sorted(set(weight_map.values()))]
+    else:
+        raise UserError(
+            f"{hf_dir} has no model.safetensors (or model.safetensors.index.json); only "
+            "safetensors checkpoints can be imported"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            tensors.update(load_file(str(file)))
+        except Exception as exc:
+            raise UserError(f"{file} is not a readable safetensors file ({exc})") from None
+    return tensors

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from layerwise.errors import UserError
+from layerwise.util.errors import UserError
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from layerwise.config import load_config, total_steps
-from layerwise.errors import UserError
-from layerwise.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
+from layerwise.config.loader import load_config
+from layerwise.config.schema import total_steps
+from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, RunSummary, read_records
+from layerwise.util.errors import UserError
 
 Curve = list[tuple[float, float]]
 
@@ -137,7 +138,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path | None = None) ->
     from matplotlib.figure import Figure  # only the plot command pays for matplotlib
     from matplotlib.ticker import MaxNLocator
 
-    from layerwise.plots import draw_curves, moving_average, save_figure, smoothing_window
+    from layerwise.util.plots import draw_curves, moving_average, save_figure, smoothing_window
 
     if not run_dirs:
         raise UserError("give at least one run directory")

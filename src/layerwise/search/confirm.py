@@ -14,12 +14,12 @@ from pathlib import Path
 
 import optuna
 
-from layerwise.cells import ComparisonPlan
-from layerwise.compare import make_plan
-from layerwise.errors import UserError
+from layerwise.compare.cells import ComparisonPlan
+from layerwise.compare.run import make_plan
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.report import best_found
 from layerwise.search.space import Shape
+from layerwise.util.errors import UserError
 
 CONFIRM_DIR = "confirm"
 MIN_SEEDS = 3

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.fsutil import atomic_write_json
+from layerwise.launch import train
 from layerwise.search.objective import checked_loss
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.report import FIDELITY_JSON
 from layerwise.search.space import SearchSpace, Shape, ffn_name, qkv_name, shape_of
-from layerwise.training import train
+from layerwise.util.files import atomic_write_json
 
 FIDELITY_DIR = "fidelity"
 

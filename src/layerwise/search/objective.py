@@ -19,16 +19,17 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from layerwise.callbacks import Callback
-from layerwise.errors import UserError
-from layerwise.optim import wsd_decay_start
-from layerwise.profiles import flops_per_token, total_params
-from layerwise.rundir import RunSummary
+from layerwise.launch import train
+from layerwise.profiles.shape import flops_per_token, total_params
+from layerwise.runs.files import RunSummary
 from layerwise.search.plan import SearchPlan, resolved_shape
 from layerwise.search.space import Shape, shape_key, shape_of, suggest
 from layerwise.search.study import DONE, origin
-from layerwise.step import NonFiniteLoss
-from layerwise.training import RunInterrupted, train
+from layerwise.training.callbacks.base import Callback
+from layerwise.training.optim import wsd_decay_start
+from layerwise.training.step import NonFiniteLoss
+from layerwise.training.trainer import RunInterrupted
+from layerwise.util.errors import UserError
 
 TRIALS_DIR = "trials"
 

@@ -15,13 +15,15 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from layerwise.build import build_shape, with_data_vocab
-from layerwise.config import Config, load_config, total_steps, warmup_steps
-from layerwise.data import read_meta
-from layerwise.errors import UserError
-from layerwise.loader import open_split
-from layerwise.profiles import SHAPES, ModelShape
+from layerwise.config.loader import load_config
+from layerwise.config.schema import Config, total_steps, warmup_steps
+from layerwise.data.loader import open_split
+from layerwise.data.meta import read_meta
+from layerwise.profiles.recipes import SHAPES
+from layerwise.profiles.shape import ModelShape
 from layerwise.search.space import SearchSpace, Shape
+from layerwise.training.build import config_shape, with_data_vocab
+from layerwise.util.errors import UserError
 
 BASELINES = tuple(SHAPES)
 """The study's five profiles, trained first so the search starts from the human designs."""
@@ -129,7 +131,7 @@ class SearchPlan:
 def resolved_shape(config: Config) -> ModelShape:
     vocab_size = config.model.vocab_size
     assert vocab_size is not None, "trial_config resolves the vocabulary"
-    return build_shape(config, vocab_size)[0]
+    return config_shape(config, vocab_size)[0]
 
 
 def check_plan(plan: SearchPlan, out: Path) -> ModelShape:

@@ -17,13 +17,14 @@ import optuna
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from layerwise.fsutil import atomic_write_text
-from layerwise.plots import colour_for, plot_allocation, save_figure
-from layerwise.profiles import LayerSpec, ModelShape
-from layerwise.report import csv_text
-from layerwise.report_render import Table, markdown_table
+from layerwise.compare.report import csv_text
+from layerwise.profiles.plot import plot_allocation
+from layerwise.profiles.shape import LayerSpec, ModelShape
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.study import DONE
+from layerwise.util.files import atomic_write_text
+from layerwise.util.plots import colour_for, save_figure
+from layerwise.util.render import Table, markdown_table
 
 TRIALS_CSV = "trials.csv"
 REPORT_MD = "report.md"

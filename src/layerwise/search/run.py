@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 from optuna.study import MaxTrialsCallback
 
-from layerwise.callbacks import Callback
 from layerwise.search.objective import Timing, TrialRunner
 from layerwise.search.plan import SearchPlan, check_plan
 from layerwise.search.report import ReportFiles, write_search_report
 from layerwise.search.study import DONE, done_count, open_study
+from layerwise.training.callbacks.base import Callback
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from layerwise.errors import UserError
-from layerwise.profiles import SHAPES, ModelShape, interpolate
+from layerwise.profiles.recipes import SHAPES, interpolate
+from layerwise.profiles.shape import ModelShape
 from layerwise.search.interp import Interpolation, knot_positions, per_layer
+from layerwise.util.errors import UserError
 
 FrameChoice = Literal["search", "on", "off"]
 

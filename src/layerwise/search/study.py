@@ -23,9 +23,9 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
-from layerwise.errors import UserError
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.space import baseline_params
+from layerwise.util.errors import UserError
 
 STUDY_NAME = "layerwise-search"
 JOURNAL_FILE = "study.journal"

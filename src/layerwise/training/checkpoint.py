@@ -39,9 +39,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from layerwise.distributed import DistInfo, barrier
-from layerwise.errors import UserError
-from layerwise.fsutil import atomic_write_json, fsync_dir
+from layerwise.distributed.env import DistInfo, barrier
+from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_json, fsync_dir
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_FILE = "trainer.json"

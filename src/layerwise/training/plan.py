@@ -23,19 +23,18 @@ buffers, and torch.compile workspaces, hence the headroom asked for before decla
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-from layerwise.config import Config, batch_plan, total_steps
-from layerwise.errors import UserError
-from layerwise.losses import CHUNK_TOKENS
-from layerwise.profiles import (
+from layerwise.config.schema import Config, batch_plan, total_steps
+from layerwise.nn.losses import CHUNK_TOKENS
+from layerwise.profiles.shape import (
     ModelShape,
     flops_per_token,
     layer_params,
     non_embedding_params,
     total_params,
 )
+from layerwise.util.errors import UserError
 
 GIB = 2**30
 FP32 = 4
@@ -45,19 +44,6 @@ HEADROOM = 0.9
 
 DEFAULT_PEAK_TFLOPS = 989.0
 """H100 SXM dense bf16 tensor-core peak, the card the study trained on."""
-
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_memory(text: str) -> int:
-    """`80GiB`, `80GB`, `141g`, `512MiB` -> bytes (binary with an `i`, decimal without)."""
-    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*", text, re.IGNORECASE)
-    if not found:
-        raise UserError(f"--gpu-memory {text!r}: write a size such as 80GiB, 141GB or 40g")
-    number, unit, binary = found.groups()
-    unit = unit.lower()
-    scale = 1024 ** "_kmgt".index(unit) if binary and unit else _UNITS[unit]
-    return round(float(number) * scale)
 
 
 @dataclass(frozen=True)

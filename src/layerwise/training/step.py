@@ -16,13 +16,13 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from layerwise.build import autocast
-from layerwise.config import BatchPlan
-from layerwise.distributed import DistInfo, all_reduce_sum
-from layerwise.errors import UserError
-from layerwise.loader import TokenWindows
-from layerwise.optim import set_lr
-from layerwise.parallelize import gradient_sync
+from layerwise.config.schema import BatchPlan
+from layerwise.data.loader import TokenWindows
+from layerwise.distributed.env import DistInfo, all_reduce_sum
+from layerwise.distributed.parallelize import gradient_sync
+from layerwise.nn.precision import autocast
+from layerwise.training.optim import set_lr
+from layerwise.util.errors import UserError
 
 
 class NonFiniteLoss(UserError):

@@ -1,9 +1,10 @@
 """The trainer: one run is one profile trained on prepared token files.
 
-`train(config)` decides what the run directory allows (layerwise.resume), builds the model the
-config describes (layerwise.build), and hands both to a `Trainer`, whose loop only steps the
-optimizer and announces its events; validation, checkpoints, the metrics log, the display and
-throughput are callbacks (layerwise.callbacks), and so is anything a caller adds.
+`train(config)` decides what the run directory allows (layerwise.training.resume), builds the
+model the config describes (layerwise.training.build), and hands both to a `Trainer`, whose loop
+only steps the optimizer and announces its events; validation, checkpoints, the metrics log,
+the display and throughput are callbacks (layerwise.training.callbacks), and so is anything a
+caller adds.
 
 The loop is deterministic on CPU: a run killed at any point and resumed from its latest
 checkpoint reproduces the uninterrupted run's losses bit for bit. SIGINT and SIGTERM finish the
@@ -20,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -30,38 +31,38 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerwise.build import (
-    build_model,
-    build_shape,
-    compute_dtype,
-    init_from,
-    parallel_strategy,
-    speed_options,
-    with_data_vocab,
-)
-from layerwise.callbacks import (
-    Callback,
-    Checkpointing,
-    MetricsLog,
-    ProgressDisplay,
-    ThroughputMeter,
-    Validation,
-)
-from layerwise.checkpointing import TrainerState, load_checkpoint, save_checkpoint
-from layerwise.config import BatchPlan, Config, batch_plan, config_hash, dump_config, total_steps
-from layerwise.data import META_FILE, TOKENIZER_FILE
-from layerwise.distributed import DistInfo, decide_on_main, init_distributed
-from layerwise.errors import UserError
-from layerwise.evaluation.callback import DownstreamEval, latest_downstream
-from layerwise.fsutil import atomic_write_json, atomic_write_text
-from layerwise.loader import (
+from layerwise.config.loader import config_hash, dump_config
+from layerwise.config.schema import BatchPlan, Config, batch_plan, total_steps
+from layerwise.data.loader import (
     DeviceBatches,
     TokenWindows,
     WindowSampler,
     open_split,
     validation_indices,
 )
-from layerwise.metrics import (
+from layerwise.data.meta import META_FILE, TOKENIZER_FILE
+from layerwise.distributed.env import DistInfo, decide_on_main, init_distributed
+from layerwise.distributed.parallelize import parallelize
+from layerwise.nn.precision import compute_dtype
+from layerwise.profiles.budget import BudgetResult
+from layerwise.profiles.shape import ModelShape, flops_per_token, non_embedding_params, total_params
+from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, TOKENIZER_DIR, RunSummary
+from layerwise.training.build import (
+    build_model,
+    config_shape,
+    parallel_strategy,
+    speed_options,
+    with_data_vocab,
+)
+from layerwise.training.callbacks.base import Callback, StepRecord
+from layerwise.training.callbacks.checkpointing import Checkpointing
+from layerwise.training.callbacks.metrics_log import MetricsLog
+from layerwise.training.callbacks.progress import ProgressDisplay
+from layerwise.training.callbacks.throughput import ThroughputMeter
+from layerwise.training.callbacks.validation import Validation
+from layerwise.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from layerwise.training.load import init_from
+from layerwise.training.metrics import (
     MfuBasis,
     hardware_info,
     mfu_basis,
@@ -69,18 +70,11 @@ from layerwise.metrics import (
     reset_peak_memory,
     versions,
 )
-from layerwise.optim import branch_steps, build_optimizer, lr_at
-from layerwise.parallelize import parallelize
-from layerwise.profiles import (
-    BudgetResult,
-    ModelShape,
-    flops_per_token,
-    non_embedding_params,
-    total_params,
-)
-from layerwise.resume import ResumePoint, prepare_run_dir
-from layerwise.rundir import CONFIG_FILE, SUMMARY_FILE, TOKENIZER_DIR, RunSummary
-from layerwise.step import StepResult, evaluate, train_step
+from layerwise.training.optim import branch_steps, build_optimizer, lr_at
+from layerwise.training.resume import ResumePoint, prepare_run_dir
+from layerwise.training.step import evaluate, train_step
+from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_json, atomic_write_text
 
 
 class RunInterrupted(Exception):
@@ -154,7 +148,7 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     """Resolve the shape, build model, optimizer and data, and restore `checkpoint` if given."""
     assert config.model.vocab_size is not None, "call with_data_vocab first"
     plan = batch_plan(config, dist.world_size)
-    shape, budget = build_shape(config, config.model.vocab_size)
+    shape, budget = config_shape(config, config.model.vocab_size)
     train_windows = open_split(config.data.dir, "train", config.data.seq_len)
     val_windows = open_split(config.data.dir, "val", config.data.seq_len)
     dtype = compute_dtype(config.run.precision, dist.device)
@@ -205,20 +199,23 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
 
 
 class Trainer:
-    """The loop and its events. Callbacks act through `evaluate`, `save_checkpoint` and
-    `request_stop`, and read `state`, `steps` and `is_last_step`."""
+    """The loop and its events; to its callbacks, a `TrainerView` (see training/callbacks/base.py)."""
 
     def __init__(self, run: Run, callbacks: Sequence[Callback]) -> None:
         names = [callback.name for callback in callbacks]
         if len(set(names)) != len(names):
             raise ValueError(f"callback names must be unique, got {names}")
-        self.run, self.callbacks = run, list(callbacks)
-        self.signal_received = False
+        self.run = run
+        # sorted() is stable: equal priorities keep the order given
+        self.callbacks = sorted(callbacks, key=lambda callback: -callback.priority)
+        self.stop_signal_received = False
         self.stop_reason: str | None = None
         self._checkpoint_request: tuple[int, frozenset[int]] | None = None
         self.last_checkpoint: Path | None = None
         self._clock = time.perf_counter()
         self._wall_before = run.state.wall_time_s
+
+    # -- the surface callbacks see (TrainerView) ----------------------------------------------
 
     @property
     def state(self) -> TrainerState:
@@ -236,16 +233,33 @@ class Trainer:
     def is_last_step(self) -> bool:
         return self.state.step == self.steps
 
+    @property
+    def run_dir(self) -> Path:
+        return self.run.run_dir
+
+    @property
+    def model(self) -> nn.Module:
+        return self.run.model
+
+    @property
+    def dist(self) -> DistInfo:
+        return self.run.dist
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        return self.run.dtype
+
     def request_checkpoint(self, keep: int, protect: Collection[int] = ()) -> None:
-        """Save a checkpoint once every callback has handled the current event."""
         self._checkpoint_request = (keep, frozenset(protect))
 
     def request_stop(self, reason: str) -> None:
-        """End the run cleanly after the current step (checkpoint and summary included)."""
         self.stop_reason = reason
 
+    def log(self, record: Mapping[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.on_log(self, record)
+
     def evaluate(self) -> float:
-        """Validation loss now; every callback hears `on_evaluation`."""
         run = self.run
         loss = evaluate(
             run.model, run.val_windows, run.val_indices, run.plan.micro_batch, run.dist, run.dtype
@@ -253,8 +267,11 @@ class Trainer:
         self.state.val_loss = loss
         record = {"type": "val", "step": self.state.step, "loss": loss}
         record.update(ppl=math.exp(loss), tokens=self.state.tokens)
+        self.log(record)
         self._emit("on_evaluation", record)
         return loss
+
+    # -- the loop -------------------------------------------------------------------------------
 
     def save_checkpoint(self, keep: int, protect: Collection[int] = ()) -> Path:
         """Checkpoint model, optimizer, data position and every callback's state."""
@@ -283,16 +300,28 @@ class Trainer:
                 self._emit("on_train_start")
                 while self.state.step < self.steps and self.stop_reason is None:
                     record = self._step(signals)
+                    self.log(record.to_dict())
                     self._emit("on_step_end", record)
-                    if self.signal_received:
+                    if self.stop_signal_received:
                         signum = signals.signum or signal.SIGTERM
                         raise RunInterrupted(signum, self.state.step, self.last_checkpoint)
                 self._emit("on_train_end")
+        except BaseException as error:
+            for callback in self.callbacks:
+                callback.on_error(self, error)
+            raise
         finally:
             for callback in self.callbacks:
                 callback.close()
 
-    def _step(self, signals: StopSignals) -> dict[str, Any]:
+    def summary_fields(self) -> dict[str, Any]:
+        """What the callbacks add to summary.json."""
+        fields: dict[str, Any] = {}
+        for callback in self.callbacks:
+            fields.update(callback.summary())
+        return fields
+
+    def _step(self, signals: StopSignals) -> StepRecord:
         run, state = self.run, self.state
         started = time.perf_counter()
         lr = lr_at(state.step, run.steps, run.config.optim)
@@ -308,13 +337,26 @@ class Trainer:
             stop_requested=signals.requested,
         )
         seconds = time.perf_counter() - started
-        self.signal_received = result.stop
+        self.stop_signal_received = result.stop
         state.step += 1
         state.tokens += run.plan.tokens_per_step
         state.train_loss = result.loss
         state.peak_memory_mib = max(state.peak_memory_mib, peak_memory_mib(run.dist.device))
         state.wall_time_s = self._wall_time()
-        return train_record(state, result, lr, run.plan.tokens_per_step, seconds, run.mfu)
+        tokens_per_s = run.plan.tokens_per_step / seconds
+        return StepRecord(
+            step=state.step,
+            loss=result.loss,
+            lr=lr,
+            grad_norm=result.grad_norm,
+            tokens=state.tokens,
+            tokens_per_step=run.plan.tokens_per_step,
+            step_time_s=seconds,
+            tokens_per_s=tokens_per_s,
+            mfu=run.mfu.mfu(tokens_per_s),
+            peak_mem_mib=state.peak_memory_mib,
+            time_s=state.wall_time_s,
+        )
 
     def _wall_time(self) -> float:
         return self._wall_before + time.perf_counter() - self._clock
@@ -329,33 +371,33 @@ class Trainer:
 
 
 def builtin_callbacks(run: Run) -> list[Callback]:
-    """What every run does besides stepping, in the order it must happen after a step: log the
-    step, show it, validate, then checkpoint (so the checkpoint holds the validation loss)."""
+    """What every run does besides stepping; their priorities order them (log the step, show
+    it, validate, then checkpoint, so the checkpoint holds the validation loss)."""
     config, is_main = run.config, run.dist.is_main
-    callbacks: list[Callback] = [ThroughputMeter()]
+    callbacks: list[Callback] = [ThroughputMeter(run.mfu)]
     if is_main:
         callbacks.append(MetricsLog(run.run_dir, config.run.tensorboard))
     if is_main and config.run.progress:
         callbacks.append(ProgressDisplay(config.run.log_interval))
-    callbacks += [
-        Validation(config.train.val_interval),
+    callbacks.append(Validation(config.train.val_interval))
+    callbacks.append(
         Checkpointing(
             config.checkpoint.interval,
             config.checkpoint.keep,
             protect=branch_steps(run.steps, config.optim),
-        ),
-    ]
-    if config.eval.tasks:
-        callbacks.insert(-1, DownstreamEval(config.eval, config.train.val_interval))
+        )
+    )
     return callbacks
 
 
 def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
     """Train (or, with run.resume=auto, continue) one run and return its summary.
 
-    `callbacks` are added after the built-in ones. Raises UserError for bad settings or data,
-    NonFiniteLoss if training diverges (the last good checkpoint stays) and RunInterrupted
-    after a signal-triggered checkpoint.
+    `callbacks` join the built-in ones, ordered by priority. This is the core loop alone:
+    `layerwise.train` (layerwise.launch) adds the callbacks the config asks for, such as
+    in-loop downstream evaluation. Raises UserError for bad settings or data, NonFiniteLoss if
+    training diverges (the last good checkpoint stays) and RunInterrupted after a
+    signal-triggered checkpoint.
     """
     dist = init_distributed(config.run.device)
     config = with_data_vocab(config)
@@ -370,11 +412,9 @@ def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
     run = setup_run(config, dist, point.checkpoint)
     if dist.is_main:
         record_run_files(run)
-    builtins = builtin_callbacks(run)
-    trainer = Trainer(run, [*builtins, *callbacks])
+    trainer = Trainer(run, [*builtin_callbacks(run), *callbacks])
     trainer.fit()
-    meter = next(cb for cb in builtins if isinstance(cb, ThroughputMeter))
-    summary = summarize(run, meter.tokens_per_s, trainer.stop_reason)
+    summary = summarize(run, trainer.stop_reason, trainer.summary_fields())
     if dist.is_main:
         atomic_write_json(run.run_dir / SUMMARY_FILE, summary.to_dict())
     return summary
@@ -409,32 +449,8 @@ def record_run_files(run: Run) -> None:
     (run.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
 
 
-def train_record(
-    state: TrainerState,
-    result: StepResult,
-    lr: float,
-    tokens_per_step: int,
-    seconds: float,
-    mfu: MfuBasis,
-) -> dict[str, Any]:
-    tokens_per_s = tokens_per_step / seconds
-    return {
-        "type": "train",
-        "step": state.step,
-        "loss": result.loss,
-        "lr": lr,
-        "grad_norm": result.grad_norm,
-        "tokens": state.tokens,
-        "tokens_per_step": tokens_per_step,
-        "step_time_s": seconds,
-        "tokens_per_s": tokens_per_s,
-        "mfu": mfu.mfu(tokens_per_s),
-        "peak_mem_mib": state.peak_memory_mib,
-        "time_s": state.wall_time_s,
-    }
-
-
-def summarize(run: Run, tokens_per_s: float | None, stopped_early: str | None) -> RunSummary:
+def summarize(run: Run, stopped_early: str | None, fields: dict[str, Any]) -> RunSummary:
+    """The run's summary.json; `fields` are what its callbacks add (throughput, scores)."""
     state, shape, budget = run.state, run.shape, run.budget
     return RunSummary(
         run_dir=str(run.run_dir),
@@ -453,8 +469,6 @@ def summarize(run: Run, tokens_per_s: float | None, stopped_early: str | None) -
         vocab_size=shape.vocab_size,
         flops_per_token=run.mfu.flops_per_token,
         budget=None if budget is None else budget_dict(budget),
-        mean_tokens_per_s=tokens_per_s,
-        mean_mfu=None if tokens_per_s is None else run.mfu.mfu(tokens_per_s),
         mfu_note=run.mfu.note,
         peak_memory_mib=state.peak_memory_mib or None,
         wall_time_s=state.wall_time_s,
@@ -462,7 +476,7 @@ def summarize(run: Run, tokens_per_s: float | None, stopped_early: str | None) -
         versions=versions(),
         config_hash=config_hash(run.config),
         stopped_early=stopped_early,
-        downstream=latest_downstream(run.run_dir) if run.config.eval.tasks else None,
+        **fields,
     )
 
 

@@ -23,9 +23,9 @@ from typing import Any, TextIO
 
 import torch
 
-from layerwise.errors import UserError
-from layerwise.fsutil import atomic_write_text
-from layerwise.rundir import METRICS_FILE, read_records
+from layerwise.runs.files import METRICS_FILE, read_records
+from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_text
 
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     (r"\bGH200\b", 989.4),

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from layerwise.config import OptimConfig, warmup_steps
+from layerwise.config.schema import OptimConfig, warmup_steps
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

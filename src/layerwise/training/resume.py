@@ -16,17 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from layerwise.checkpointing import CHECKPOINT_DIR, choose_checkpoint, list_checkpoints
-from layerwise.config import (
-    Config,
-    OptimConfig,
-    experiment_differences,
-    load_config,
-    total_steps,
-)
-from layerwise.errors import UserError
-from layerwise.optim import lr_at
-from layerwise.rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from layerwise.config.loader import experiment_differences, load_config
+from layerwise.config.schema import Config, OptimConfig, total_steps
+from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from layerwise.training.checkpoint import CHECKPOINT_DIR, choose_checkpoint, list_checkpoints
+from layerwise.training.optim import lr_at
+from layerwise.util.errors import UserError
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR, "tensorboard")
 """What a run writes into its directory: all that `--overwrite` removes (other files stay)."""

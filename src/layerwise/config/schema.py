@@ -1,0 +1,252 @@
+"""The run configuration users read and write: one typed dataclass per YAML section.
+
+A config file holds sections (`model:`, `data:`, ...) whose keys are the fields below; the
+docstring under each field is its documentation. Field metadata carries the checks the loader
+(layerwise.config.loader) applies: bounds, counts written as "180M", and whether a setting is
+operational (how a run executes) rather than part of the experiment (what it learns).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from layerwise.util.errors import UserError
+
+
+def _bounds(
+    low: float | None = None, *, above: float | None = None, high: float | None = None
+) -> dict:
+    """Field metadata: inclusive lower bound `low`, exclusive lower bound `above`, inclusive `high`."""
+    return {"low": low, "above": above, "high": high}
+
+
+_COUNT = {"count": True}
+"""Field metadata for integers users write as budgets ("180M", "5.1B")."""
+
+_OPERATIONAL = {"operational": True}
+"""Field metadata for settings that change how or where a run executes but not what it learns.
+
+Decided per field, not per section: a run may resume, or join a comparison, with these changed
+(another device, micro-batch, parallel layout, checkpoint cadence), and the config hash ignores
+them. Everything else (including `run.precision`, which changes the numbers) is the experiment.
+"""
+
+
+@dataclass
+class ModelConfig:
+    """The profile and the base it is applied to; the defaults are the study's 18-layer base."""
+
+    profile: str = "isotropic"
+    n_layers: int = field(default=18, metadata=_bounds(1))
+    d_model: int = field(default=768, metadata=_bounds(1))
+    head_dim: int = field(default=64, metadata=_bounds(2))
+    gqa_group: int = field(default=3, metadata=_bounds(1))
+    ffn_divisor: int = field(default=256, metadata=_bounds(1))
+    vocab_size: int | None = field(default=50304, metadata=_bounds(1))
+    tie_embeddings: bool = False
+    ffn: list[float] | None = None
+    qkv: list[float] | None = None
+    frame: bool | None = None
+    target_params: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
+    match: str | None = None
+    match_by: Literal["params", "flops"] = "params"
+    norm_order: Literal["reordered", "pre"] = "reordered"
+    rope_theta: float = field(default=500_000.0, metadata=_bounds(above=0))
+    norm_eps: float = field(default=1e-6, metadata=_bounds(above=0))
+    init_std: float = field(default=0.02, metadata=_bounds(above=0))
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/python-docs"
+    seq_len: int = field(default=1024, metadata=_bounds(1))
+    val_windows: int = field(default=512, metadata=_bounds(1))
+
+
+@dataclass
+class BatchConfig:
+    """Global batch in sequences or in tokens (one of the two); per-device micro-batch."""
+
+    global_batch: int | None = field(default=None, metadata=_bounds(1))
+    global_batch_tokens: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
+    micro_batch: int = field(default=8, metadata={**_OPERATIONAL, **_bounds(1)})
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule (`cosine`, `constant` or `wsd`, all after warmup)."""
+
+    lr: float = field(default=6e-4, metadata=_bounds(above=0))
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = field(default=1e-8, metadata=_bounds(above=0))
+    weight_decay: float = field(default=0.01, metadata=_bounds(0))
+    grad_clip: float | None = field(default=1.0, metadata=_bounds(above=0))
+    schedule: Literal["cosine", "constant", "wsd"] = "cosine"
+    warmup_steps: int = field(default=0, metadata=_bounds(0))
+    warmup_fraction: float | None = field(default=None, metadata=_bounds(0, high=0.5))
+    """Warmup as a share of the run, so a preset's warmup scales with `train.steps`."""
+    min_lr_ratio: float = field(default=0.1, metadata=_bounds(0, high=1))
+    decay_fraction: float = field(default=0.2, metadata=_bounds(above=0, high=1))
+
+
+@dataclass
+class TrainConfig:
+    """Run length in optimizer steps or in tokens (one of the two)."""
+
+    steps: int | None = field(default=None, metadata=_bounds(1))
+    tokens: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
+    seed: int = field(default=0, metadata=_bounds(0))
+    val_interval: int = field(default=500, metadata={**_OPERATIONAL, **_bounds(1)})
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = field(default=1000, metadata={**_OPERATIONAL, **_bounds(1)})
+    keep: int = field(default=2, metadata={**_OPERATIONAL, **_bounds(1)})
+
+
+@dataclass
+class ParallelConfig:
+    """`auto` is DDP when launched on several processes, else a plain single-process model."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = field(default="auto", metadata=_OPERATIONAL)
+    activation_checkpointing: bool = field(default=False, metadata=_OPERATIONAL)
+
+
+@dataclass
+class RunConfig:
+    """How and where to run. All but `precision` and `fp8` leave what is learned unchanged."""
+
+    dir: str = field(default="runs/default", metadata=_OPERATIONAL)
+    resume: Literal["never", "auto"] = field(default="never", metadata=_OPERATIONAL)
+    overwrite: bool = field(default=False, metadata=_OPERATIONAL)
+    device: str = field(default="auto", metadata=_OPERATIONAL)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    compile: bool = field(default=False, metadata=_OPERATIONAL)
+    compile_mode: Literal["blocks", "model"] = field(default="blocks", metadata=_OPERATIONAL)
+    """With `compile`: each block on its own ("blocks"), or the whole model as one graph."""
+    compile_loss: bool = field(default=False, metadata=_OPERATIONAL)
+    """Compile the final norm, LM head and chunked loss (implied by compile_mode=model)."""
+    attention: Literal["auto", "flash", "cudnn", "efficient", "math"] = field(
+        default="auto", metadata=_OPERATIONAL
+    )
+    """The SDPA kernel; "auto" lets PyTorch choose. CPU runs only auto, flash and math."""
+    fp8: bool = False
+    """FP8 matmuls through torchao's float8 training (CUDA, compute capability 8.9+). Not
+    operational: like `precision`, it changes the numbers a run computes."""
+    peak_tflops: float | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(above=0)})
+    tensorboard: bool = field(default=False, metadata=_OPERATIONAL)
+    progress: bool = field(default=True, metadata=_OPERATIONAL)
+    log_interval: int = field(default=10, metadata={**_OPERATIONAL, **_bounds(1)})
+
+
+@dataclass
+class EvalConfig:
+    """Downstream tasks scored during training (layerwise.evaluation): none by default."""
+
+    tasks: list[str] | None = field(default=None, metadata=_OPERATIONAL)
+    """Task names, or ["core"] / ["all"]; see `layerwise eval --help`."""
+    interval: int | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(1)})
+    """Score every this many steps (and at step 0 and the end); null: at validation steps."""
+    limit: int | None = field(default=None, metadata={**_OPERATIONAL, **_bounds(1)})
+    """At most this many examples per task, for quick in-loop signals."""
+    dir: str | None = field(default=None, metadata=_OPERATIONAL)
+    """The evaluation sets; null: ../shared/evals beside the checkout when present."""
+
+
+@dataclass
+class InitConfig:
+    """Where a run's weights start: fresh (seeded) or another run's trained weights."""
+
+    from_: str | None = field(default=None, metadata={"key": "from"})
+    """A run directory to start from (its newest valid checkpoint), with a fresh optimizer and
+    schedule: fine-tuning, or continuing on other data. Its shape must equal this run's."""
+
+
+@dataclass
+class CompareConfig:
+    """What `layerwise compare` crosses with profiles and seeds; `train` ignores it."""
+
+    variants: dict[str, dict[str, Any]] | None = field(default=None, metadata=_OPERATIONAL)
+    """Named variants, each a mapping of `section.key` to value, e.g. {12l: {model.n_layers: 12}}:
+    the overrides that make a variant's runs differ; the runs' own configs record the result."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig, metadata=_OPERATIONAL)
+    """Operational as a whole: left out of the config hash, so adding it changed no run's hash."""
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's sequences are spread over ranks and micro-batches."""
+
+    global_batch: int
+    micro_batch: int
+    accum_steps: int
+    world_size: int
+    seq_len: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived quantities
+
+
+def global_batch(config: Config) -> int:
+    """Sequences per optimizer step, whichever way the config gave it."""
+    if config.batch.global_batch is not None:
+        return config.batch.global_batch
+    assert config.batch.global_batch_tokens is not None
+    return config.batch.global_batch_tokens // config.data.seq_len
+
+
+def batch_plan(config: Config, world_size: int) -> BatchPlan:
+    """Gradient accumulation steps for this world size, refusing splits that do not divide."""
+    sequences, micro = global_batch(config), config.batch.micro_batch
+    per_step = micro * world_size
+    if sequences % per_step:
+        raise UserError(
+            f"batch: the global batch of {sequences} sequences cannot be split into micro-batches of "
+            f"{micro} on {world_size} rank(s) ({micro} x {world_size} = {per_step} does not divide "
+            f"{sequences}); choose a global batch that is a multiple of {per_step} or another "
+            "batch.micro_batch"
+        )
+    return BatchPlan(
+        global_batch=sequences,
+        micro_batch=micro,
+        accum_steps=sequences // per_step,
+        world_size=world_size,
+        seq_len=config.data.seq_len,
+    )
+
+
+def warmup_steps(optim: OptimConfig, total: int) -> int:
+    """Warmup length in steps for a run of `total` steps, however the config gave it."""
+    if optim.warmup_fraction is not None:
+        return round(optim.warmup_fraction * total)
+    return optim.warmup_steps
+
+
+def total_steps(config: Config) -> int:
+    """Optimizer steps of the run; a token budget is rounded up to whole steps."""
+    if config.train.steps is not None:
+        return config.train.steps
+    assert config.train.tokens is not None
+    return math.ceil(config.train.tokens / (global_batch(config) * config.data.seq_len))
