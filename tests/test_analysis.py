@@ -15,8 +15,8 @@ from layerwise.analysis.cka import Grams, MinibatchCKA, hsic
 from layerwise.analysis.geometry import effective_rank
 from layerwise.analysis.importance import spearman
 from layerwise.analysis.lens import first_layer_near
-from layerwise.nn.model import BlockOptions, Transformer
-from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
 
 SHAPE = ModelShape(
     d_model=32,

@@ -16,7 +16,8 @@ PACKAGE = Path(layerwise.__file__).parent
 
 LAYERS: list[set[str]] = [
     {"util"},
-    {"profiles", "config"},
+    {"profiles"},
+    {"config"},
     {"runs", "data", "nn"},
     {"distributed"},
     {"training"},

@@ -18,8 +18,8 @@ from layerwise.evaluation.metrics import strictly_best, task_result
 from layerwise.evaluation.requests import Request, build_requests
 from layerwise.evaluation.scoring import make_batches, score_requests
 from layerwise.evaluation.tasks import TASKS, load_examples, resolve_evals_dir, select_tasks
-from layerwise.nn.model import BlockOptions, Transformer
-from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
 from layerwise.util.errors import UserError
 
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

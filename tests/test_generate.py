@@ -13,8 +13,8 @@ from layerwise.hf.generate import (
     generate,
     left_pad,
 )
-from layerwise.nn.model import BlockOptions, Transformer
-from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.nn.model import Transformer
+from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
 from layerwise.util.errors import UserError
 
 SHAPE = ModelShape(

@@ -18,7 +18,7 @@ from layerwise.data.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 from layerwise.distributed.env import DistInfo  # noqa: E402
 from layerwise.hf.export import export_run  # noqa: E402
 from layerwise.hf.generate import generate  # noqa: E402
-from layerwise.hf.importer import import_hf, write_run_files  # noqa: E402
+from layerwise.hf.importer import import_hf, write_imported_run_files  # noqa: E402
 from layerwise.launch import train  # noqa: E402
 from layerwise.nn.model import Transformer  # noqa: E402
 from layerwise.training.build import block_options, config_shape  # noqa: E402
@@ -62,7 +62,7 @@ def make_run(run_dir: Path, model_settings: dict[str, Any], tokenizer_file: Path
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.uniform_(0.5, 1.5)
-    write_run_files(run_dir, config, load_tokenizer(tokenizer_file), tokenizer_file)
+    write_imported_run_files(run_dir, config, load_tokenizer(tokenizer_file), tokenizer_file)
     optimizer = build_optimizer(model, config.optim, CPU)
     state = TrainerState(step=5, sampler={"epoch": 0, "cursor": 0})
     save_checkpoint(run_dir, model, optimizer, state, DistInfo(0, 0, 1, CPU), keep=2)

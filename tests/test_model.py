@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerwise.nn.model import BlockOptions, Transformer, causal_attention
+from layerwise.nn.model import Transformer, causal_attention
 from layerwise.profiles.recipes import PRESETS, ProfileSpec, shape_from_spec
-from layerwise.profiles.shape import total_params
+from layerwise.profiles.shape import BlockOptions, total_params
 
 TINY = ProfileSpec(
     ffn=(0.5, 3.8, 0.5),

@@ -56,7 +56,7 @@ def test_a_space_with_bad_ranges_is_refused() -> None:
 
 
 def test_rank_correlations_match_their_definitions() -> None:
-    from layerwise.search.fidelity import kendall, spearman
+    from layerwise.util.stats import kendall, spearman
 
     a = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert spearman(a, [2.0, 4.0, 6.0, 8.0, 10.0]) == pytest.approx(1.0)

@@ -16,6 +16,7 @@ from layerwise.analysis.collect import BatchStates, accumulate, continue_from, t
 from layerwise.nn.losses import linear_cross_entropy
 from layerwise.nn.model import Transformer
 from layerwise.profiles.shape import ModelShape, layer_params
+from layerwise.util import stats
 
 
 class LayerImportance:
@@ -59,24 +60,7 @@ class LayerImportance:
         }
 
 
-def ranks(values: list[float]) -> torch.Tensor:
-    """Ranks from 0, ties given their average rank, as Spearman's correlation needs."""
-    x = torch.tensor(values, dtype=torch.float64)
-    order = torch.argsort(x)
-    ranked = torch.empty_like(x)
-    ranked[order] = torch.arange(len(values), dtype=torch.float64)
-    for value in torch.unique(x):
-        tied = x == value
-        ranked[tied] = ranked[tied].mean()
-    return ranked
-
-
 def spearman(a: list[float], b: list[float]) -> float | None:
-    """Spearman's rank correlation; None where it is undefined (fewer than 3 layers, or a
-    constant list)."""
-    if len(a) < 3:
-        return None
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = (ra.norm() * rb.norm()).item()
-    return None if denominator == 0 else (ra @ rb).item() / denominator
+    """Spearman's rank correlation across layers; None where it is undefined (fewer than 3
+    layers, where any order is trivially perfect, or a constant list)."""
+    return None if len(a) < 3 else stats.spearman(a, b)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from layerwise.profiles.recipes import PRESETS
+from layerwise.profiles.shape import BlockOptions, NormOrder
 from layerwise.util.errors import UserError
 
 
@@ -34,28 +36,33 @@ them. Everything else (including `run.precision`, which changes the numbers) is 
 """
 
 
+_BASE = PRESETS["paper-18l-isotropic"]
+_BLOCK = BlockOptions()
+"""The defaults of the model section: the study's 18-layer base and OLMo2's block choices."""
+
+
 @dataclass
 class ModelConfig:
     """The profile and the base it is applied to; the defaults are the study's 18-layer base."""
 
     profile: str = "isotropic"
-    n_layers: int = field(default=18, metadata=_bounds(1))
-    d_model: int = field(default=768, metadata=_bounds(1))
-    head_dim: int = field(default=64, metadata=_bounds(2))
-    gqa_group: int = field(default=3, metadata=_bounds(1))
-    ffn_divisor: int = field(default=256, metadata=_bounds(1))
-    vocab_size: int | None = field(default=50304, metadata=_bounds(1))
-    tie_embeddings: bool = False
+    n_layers: int = field(default=_BASE.n_layers, metadata=_bounds(1))
+    d_model: int = field(default=_BASE.d_model, metadata=_bounds(1))
+    head_dim: int = field(default=_BASE.head_dim, metadata=_bounds(2))
+    gqa_group: int = field(default=_BASE.gqa_group, metadata=_bounds(1))
+    ffn_divisor: int = field(default=_BASE.ffn_divisor, metadata=_bounds(1))
+    vocab_size: int | None = field(default=_BASE.vocab_size, metadata=_bounds(1))
+    tie_embeddings: bool = _BASE.tie_embeddings
     ffn: list[float] | None = None
     qkv: list[float] | None = None
     frame: bool | None = None
     target_params: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
     match: str | None = None
     match_by: Literal["params", "flops"] = "params"
-    norm_order: Literal["reordered", "pre"] = "reordered"
-    rope_theta: float = field(default=500_000.0, metadata=_bounds(above=0))
-    norm_eps: float = field(default=1e-6, metadata=_bounds(above=0))
-    init_std: float = field(default=0.02, metadata=_bounds(above=0))
+    norm_order: NormOrder = _BLOCK.norm_order
+    rope_theta: float = field(default=_BLOCK.rope_theta, metadata=_bounds(above=0))
+    norm_eps: float = field(default=_BLOCK.norm_eps, metadata=_bounds(above=0))
+    init_std: float = field(default=_BLOCK.init_std, metadata=_bounds(above=0))
 
 
 @dataclass

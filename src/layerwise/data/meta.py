@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,12 +46,12 @@ class TokenMeta:
     eos_id: int
     dtype: str
     splits: dict[str, SplitMeta]
-    seed: int
-    val_target_tokens: int
-    text_bytes: int
-    invalid_utf8_documents: int
-    skipped_bad_records: int
-    empty_documents: int
+    seed: int = 0
+    val_target_tokens: int = 0
+    text_bytes: int = 0
+    invalid_utf8_documents: int = 0
+    skipped_bad_records: int = 0
+    empty_documents: int = 0
     inputs: tuple[InputInfo, ...] = ()
 
     def split_path(self, split: str) -> Path:
@@ -58,6 +59,29 @@ class TokenMeta:
         if split not in self.splits:
             raise UserError(f"{self.data_dir}: no split {split!r} (have {', '.join(self.splits)})")
         return self.data_dir / self.splits[split].file
+
+
+def new_meta(
+    data_dir: Path,
+    tokenizer: str,
+    tokenizer_sha256: str,
+    vocab_size: int,
+    eos_id: int,
+    splits: dict[str, SplitMeta] | None = None,
+    **counts: Any,
+) -> TokenMeta:
+    """The meta of token files of this tokenizer, their dtype set by the one rule
+    (`token_dtype`); `counts` are the statistics fields of `TokenMeta`."""
+    return TokenMeta(
+        data_dir=data_dir,
+        tokenizer=tokenizer,
+        tokenizer_sha256=tokenizer_sha256,
+        vocab_size=vocab_size,
+        eos_id=eos_id,
+        dtype=token_dtype(vocab_size).name,
+        splits=splits or {},
+        **counts,
+    )
 
 
 def meta_to_json(meta: TokenMeta) -> str:

@@ -39,6 +39,7 @@ from layerwise.data.meta import (
     SplitMeta,
     TokenMeta,
     meta_to_json,
+    new_meta,
     token_dtype,
 )
 from layerwise.data.readers import ReadStats, read_documents
@@ -475,13 +476,12 @@ def _prepare_into(
     target = _val_target(int(doc_lengths.sum()), options.val_tokens, options.val_fraction)
     is_val = choose_validation(doc_lengths, target, options.seed)
     split_tokens = _split_out_validation(work_dir, dtype, doc_lengths, is_val)
-    return TokenMeta(
-        data_dir=work_dir,
-        tokenizer=loaded.identity,
-        tokenizer_sha256=loaded.sha256,
-        vocab_size=loaded.vocab_size,
-        eos_id=loaded.eos_id,
-        dtype=dtype.name,
+    return new_meta(
+        work_dir,
+        loaded.identity,
+        loaded.sha256,
+        loaded.vocab_size,
+        loaded.eos_id,
         splits={
             "train": SplitMeta("train.bin", split_tokens[0], int((~is_val).sum())),
             "val": SplitMeta("val.bin", split_tokens[1], int(is_val.sum())),

@@ -10,15 +10,21 @@ optimizer, so `layerwise train RUN_DIR/config.yaml --resume` trains it like any 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from layerwise.config.loader import config_from_dict, config_to_dict, load_config, parse_override
+from layerwise.config.loader import (
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    parse_override,
+)
 from layerwise.config.schema import Config
+from layerwise.data.meta import META_FILE, TOKENIZER_FILE, meta_to_json, new_meta
 from layerwise.data.tokenizer import LoadedTokenizer, load_tokenizer
 from layerwise.nn.model import Transformer
 from layerwise.nn.state_dict_adapter import (
@@ -30,6 +36,8 @@ from layerwise.nn.state_dict_adapter import (
     read_tensors,
 )
 from layerwise.profiles.recipes import SHAPES
+from layerwise.runs import files as run_files
+from layerwise.runs.files import TOKENIZER_DIR
 from layerwise.util.errors import UserError
 
 DEFAULT_TRAINING = {"batch": {"global_batch": 32, "micro_batch": 8}, "train": {"steps": 1000}}
@@ -147,7 +155,7 @@ def import_hf(
         clear_run(out)
     model = Transformer(arch.shape, block_options(config))
     model.load_state_dict(state)
-    write_run_files(out, config, tokenizer, hf_dir / "tokenizer.json")
+    write_imported_run_files(out, config, tokenizer, hf_dir / "tokenizer.json")
     cpu = torch.device("cpu")
     optimizer = build_optimizer(model, config.optim, cpu)
     state_0 = TrainerState(sampler={"epoch": 0, "cursor": 0})
@@ -155,33 +163,17 @@ def import_hf(
     return config
 
 
-def write_run_files(
+def write_imported_run_files(
     out: Path, config: Config, tokenizer: LoadedTokenizer, tokenizer_file: Path
 ) -> None:
     """config.yaml and tokenizer/ (tokenizer.json and a meta.json naming it, with no splits:
     the run has seen no tokens of ours), as `train` records them."""
-    from layerwise.config.loader import dump_config
-    from layerwise.data.meta import META_FILE, TokenMeta, meta_to_json
-    from layerwise.runs.files import CONFIG_FILE, TOKENIZER_DIR
-    from layerwise.util.files import atomic_write_text
-
-    atomic_write_text(out / CONFIG_FILE, dump_config(config))
-    tokenizer_dir = out / TOKENIZER_DIR
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tokenizer_file, tokenizer_dir / "tokenizer.json")
-    meta = TokenMeta(
-        data_dir=tokenizer_dir,
-        tokenizer=tokenizer.identity,
-        tokenizer_sha256=tokenizer.sha256,
-        vocab_size=tokenizer.vocab_size,
-        eos_id=tokenizer.eos_id,
-        dtype="uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32",
-        splits={},
-        seed=0,
-        val_target_tokens=0,
-        text_bytes=0,
-        invalid_utf8_documents=0,
-        skipped_bad_records=0,
-        empty_documents=0,
+    meta = new_meta(
+        out / TOKENIZER_DIR,
+        tokenizer.identity,
+        tokenizer.sha256,
+        tokenizer.vocab_size,
+        tokenizer.eos_id,
     )
-    atomic_write_text(tokenizer_dir / META_FILE, meta_to_json(meta))
+    files = {TOKENIZER_FILE: tokenizer_file, META_FILE: meta_to_json(meta)}
+    run_files.write_run_files(out, dump_config(config), files)

@@ -14,7 +14,6 @@ start from the same distribution whatever their per-layer widths.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -23,9 +22,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from layerwise.nn.losses import Reduction, linear_cross_entropy
-from layerwise.profiles.shape import LayerSpec, ModelShape
-
-NormOrder = Literal["reordered", "pre"]
+from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
 
 AttentionBackend = Literal["auto", "flash", "cudnn", "efficient", "math"]
 """The SDPA kernel attention runs with (`run.attention`); "auto" leaves the choice to PyTorch."""
@@ -41,17 +38,6 @@ EXPANDED_KV_BACKENDS = frozenset({"cudnn", "efficient"})
 
 Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
 """Called as `observer(index, block_input, block_output)` after each block, outside the block."""
-
-
-@dataclass(frozen=True)
-class BlockOptions:
-    """Choices about the block that leave its parameter count unchanged."""
-
-    norm_order: NormOrder = "reordered"
-    rope_theta: float = 500_000.0
-    norm_eps: float = 1e-6
-    max_seq_len: int = 4096
-    init_std: float = 0.02
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from layerwise.nn.model import BlockOptions, Transformer, rope_tables
-from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.nn.model import Transformer, rope_tables
+from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
 from layerwise.util.errors import UserError
 
 NATIVE_MODEL_TYPE = "olmo2"

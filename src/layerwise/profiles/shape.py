@@ -1,6 +1,7 @@
 """A model's per-layer widths (`ModelShape`) and what they cost: parameters and training FLOPs.
 
-The shape is data, computed once from a recipe (layerwise.profiles.recipes) and passed down;
+`BlockOptions` are the block's choices that leave its size unchanged (norm order, RoPE, init):
+the config's defaults and the model's come from here. The shape is data, computed once from a recipe (layerwise.profiles.recipes) and passed down;
 the model, the planner and every report read the widths from it and never re-derive them.
 """
 
@@ -84,3 +85,17 @@ Metric = Literal["params", "flops"]
 
 def measure(shape: ModelShape, metric: Metric, seq_len: int) -> int:
     return total_params(shape) if metric == "params" else flops_per_token(shape, seq_len)
+
+
+NormOrder = Literal["reordered", "pre"]
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """Choices about the block that leave its parameter count unchanged."""
+
+    norm_order: NormOrder = "reordered"
+    rope_theta: float = 500_000.0
+    norm_eps: float = 1e-6
+    max_seq_len: int = 4096
+    init_std: float = 0.02

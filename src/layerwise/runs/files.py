@@ -1,17 +1,21 @@
 """What a run directory holds, readable without torch: file names, the summary, the metrics log.
 
 Reports, run listings and comparisons read finished runs through this module, so they start
-fast and never import the training stack. Writing happens in the trainer.
+fast and never import the training stack. The trainer and the Hugging Face importer write a
+run's files through `write_run_files`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -66,6 +70,22 @@ class RunSummary:
                 f"{path} is unreadable or not a run summary ({exc}); resume the run with "
                 "--resume to write it again, or delete the run directory"
             ) from None
+
+
+def write_run_files(run_dir: Path, config_yaml: str, tokenizer: Mapping[str, Path | str]) -> None:
+    """What every run directory holds besides checkpoints and logs: config.yaml, and tokenizer/
+    (the data's meta.json and tokenizer.json, so the run is usable without its data). Each entry
+    of `tokenizer` is a file to copy or the text to write; a stale summary is removed."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, config_yaml)
+    tokenizer_dir = run_dir / TOKENIZER_DIR
+    tokenizer_dir.mkdir(exist_ok=True)
+    for name, source in tokenizer.items():
+        if isinstance(source, Path):
+            shutil.copyfile(source, tokenizer_dir / name)
+        else:
+            atomic_write_text(tokenizer_dir / name, source)
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
 
 
 def read_records(path: Path) -> list[dict]:

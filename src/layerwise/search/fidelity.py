@@ -14,7 +14,7 @@ so an interrupted check continues where it stopped.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,34 +25,9 @@ from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.report import FIDELITY_JSON
 from layerwise.search.space import SearchSpace, Shape, ffn_name, qkv_name, shape_of
 from layerwise.util.files import atomic_write_json
+from layerwise.util.stats import kendall, spearman
 
 FIDELITY_DIR = "fidelity"
-
-
-def ranks(values: Sequence[float]) -> np.ndarray:
-    """Ranks from 1, ties sharing their mean rank."""
-    array = np.asarray(values, dtype=float)
-    order = np.argsort(array, kind="stable")
-    result = np.empty(len(array))
-    result[order] = np.arange(1, len(array) + 1)
-    for value in np.unique(array):
-        tied = array == value
-        result[tied] = result[tied].mean()
-    return result
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rho: the Pearson correlation of the ranks."""
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-
-def kendall(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either ranking counted as neither concordant nor discordant)."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    i, j = np.triu_indices(len(x), k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    n_x, n_y = np.count_nonzero(dx), np.count_nonzero(dy)
-    return float(np.sum(dx * dy) / np.sqrt(n_x * n_y)) if n_x and n_y else float("nan")
 
 
 def random_params(space: SearchSpace, rng: np.random.Generator) -> dict[str, float | bool]:
@@ -126,10 +101,15 @@ def summarise(
         "short_steps": short,
         "long_steps": long,
         "shapes": shapes,
-        "spearman": spearman(short_losses, long_losses),
-        "kendall": kendall(short_losses, long_losses),
+        "spearman": _or_nan(spearman(short_losses, long_losses)),
+        "kendall": _or_nan(kendall(short_losses, long_losses)),
         "reference": reference,
         "seed_losses": seed_losses,
         "seed_std": float(np.std(seed_losses, ddof=1)) if len(seed_losses) > 1 else 0.0,
         "shape_std": float(np.std(short_losses, ddof=1)),
     }
+
+
+def _or_nan(value: float | None) -> float:
+    """An undefined correlation (every loss equal) as NaN, which the report prints as such."""
+    return float("nan") if value is None else value

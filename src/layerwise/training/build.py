@@ -16,10 +16,10 @@ from layerwise.config.schema import Config, ModelConfig
 from layerwise.data.meta import TokenMeta, check_vocab_fits, read_meta
 from layerwise.distributed.env import DistInfo
 from layerwise.distributed.parallelize import SpeedOptions
-from layerwise.nn.model import BlockOptions, Transformer
+from layerwise.nn.model import Transformer
 from layerwise.profiles.budget import BudgetResult, resolve_shape
 from layerwise.profiles.recipes import ProfileSpec, lookup_spec
-from layerwise.profiles.shape import ModelShape
+from layerwise.profiles.shape import BlockOptions, ModelShape
 from layerwise.util.errors import UserError
 
 VOCAB_MULTIPLE = 64

@@ -16,7 +16,6 @@ progress display, and every rank takes part in checkpointing and evaluation.
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -46,7 +45,7 @@ from layerwise.distributed.parallelize import parallelize
 from layerwise.nn.precision import compute_dtype
 from layerwise.profiles.budget import BudgetResult
 from layerwise.profiles.shape import ModelShape, flops_per_token, non_embedding_params, total_params
-from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, TOKENIZER_DIR, RunSummary
+from layerwise.runs.files import SUMMARY_FILE, RunSummary, write_run_files
 from layerwise.training.build import (
     build_model,
     config_shape,
@@ -74,7 +73,7 @@ from layerwise.training.optim import branch_steps, build_optimizer, lr_at
 from layerwise.training.resume import ResumePoint, prepare_run_dir
 from layerwise.training.step import evaluate, train_step
 from layerwise.util.errors import UserError
-from layerwise.util.files import atomic_write_json, atomic_write_text
+from layerwise.util.files import atomic_write_json
 
 
 class RunInterrupted(Exception):
@@ -436,17 +435,11 @@ def finished_summary(run_dir: Path, point: ResumePoint, steps: int) -> RunSummar
 
 
 def record_run_files(run: Run) -> None:
-    """Rank 0: the resolved config and the data's tokenizer go into the run directory, so a
-    trained model can be loaded, evaluated and exported without the data; a stale summary goes."""
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.run_dir / CONFIG_FILE, dump_config(run.config))
-    tokenizer_dir = run.run_dir / TOKENIZER_DIR
-    tokenizer_dir.mkdir(exist_ok=True)
+    """Rank 0: the resolved config and the data's tokenizer go into the run directory."""
     data_dir = Path(run.config.data.dir)
-    for name in (META_FILE, TOKENIZER_FILE):
-        if (data_dir / name).exists():
-            shutil.copyfile(data_dir / name, tokenizer_dir / name)
-    (run.run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    found = {name: data_dir / name for name in (META_FILE, TOKENIZER_FILE)}
+    tokenizer = {name: path for name, path in found.items() if path.exists()}
+    write_run_files(run.run_dir, dump_config(run.config), tokenizer)
 
 
 def summarize(run: Run, stopped_early: str | None, fields: dict[str, Any]) -> RunSummary:

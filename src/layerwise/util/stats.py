@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,3 +128,50 @@ def paired_difference(
     half = t_quantile(0.5 + level / 2.0, len(differences) - 1) * statistics.stdev(differences)
     half /= math.sqrt(len(differences))
     return PairedDifference(mean, mean - half, mean + half, len(differences))
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank (as Spearman's correlation needs)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            result[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rho, the Pearson correlation of the ranks; None where it is undefined (fewer
+    than two values, or a constant list)."""
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs lists of one length, got {len(a)} and {len(b)}")
+    if len(a) < 2:
+        return None
+    ra, rb = ranks(a), ranks(b)
+    mean = (len(a) + 1) / 2  # ranks 1..n always average to this, ties included
+    da, db = [r - mean for r in ra], [r - mean for r in rb]
+    denominator = math.sqrt(sum(x * x for x in da) * sum(y * y for y in db))
+    return (
+        None if denominator == 0 else sum(x * y for x, y in zip(da, db, strict=True)) / denominator
+    )
+
+
+def kendall(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Kendall's tau-b (pairs tied in either list count as neither concordant nor discordant);
+    None where it is undefined."""
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    dx = [_sign(a[i] - a[j]) for i, j in pairs]
+    dy = [_sign(b[i] - b[j]) for i, j in pairs]
+    n_x, n_y = sum(d != 0 for d in dx), sum(d != 0 for d in dy)
+    if not n_x or not n_y:
+        return None
+    return sum(x * y for x, y in zip(dx, dy, strict=True)) / math.sqrt(n_x * n_y)
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
