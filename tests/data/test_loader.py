@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_token_dir
+from helpers import write_token_dir
 from layerwise.data.loader import TokenWindows, WindowSampler, open_split, validation_indices
 from layerwise.util.errors import UserError
 

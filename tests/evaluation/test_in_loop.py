@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_token_dir
+from helpers import write_token_dir
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import load_config
 from layerwise.data.tokenizer import train_bpe

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from helpers import CONFIGS
 from layerwise.config.loader import (
     _coerce,
     config_hash,
@@ -18,7 +19,6 @@ from layerwise.config.loader import (
 from layerwise.config.schema import Config, batch_plan, total_steps, warmup_steps
 from layerwise.util.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPES = ("isotropic", "vanilla", "framed", "reverse", "crown")
 
 

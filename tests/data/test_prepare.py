@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from conftest import SHARED
+from helpers import SHARED
 from layerwise.cli import data as cli_data
 from layerwise.data.inputs import PYTHON_DOCS, resolve_inputs, stdlib_python_files, stdlib_root
 from layerwise.data.meta import check_vocab_fits, read_meta, token_dtype

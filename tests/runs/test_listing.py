@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import PNG_MAGIC, TINY_COMPARE
 from layerwise.cli import main
 from layerwise.runs.listing import list_runs, plot_runs
 from layerwise.util.errors import UserError
-from test_compare import PNG_MAGIC, TINY
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
     """A directory of four runs: finished, interrupted at step 2 of 4, not started, unreadable."""
     root = tmp_path_factory.mktemp("runs")
     config = root / "tiny.yaml"
-    config.write_text(TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
+    config.write_text(TINY_COMPARE.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
     finished = root / "finished"
     assert main(["train", str(config), f"run.dir={finished}", "train.steps=4"]) == 0
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from layerwise.config.loader import load_config
 from layerwise.data.loader import open_split, validation_indices
 from layerwise.distributed.env import DistInfo

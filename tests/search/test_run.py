@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
-from conftest import markov_tokens, write_token_dir
+from helpers import markov_tokens, write_token_dir
 from layerwise.cli import main as cli_main
 from layerwise.runs.files import read_records
 from layerwise.search.fidelity import check_fidelity

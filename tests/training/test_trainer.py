@@ -284,3 +284,19 @@ def test_each_run_reports_its_own_peak_memory(config_file: Path) -> None:
     summary = train(tiny_config(config_file, "train.steps=3"))
     assert summary.peak_memory_mib is not None
     assert summary.peak_memory_mib < earlier_peak - 200
+
+
+PINNED_LOSSES = [
+    4.146638, 4.162753, 4.152317, 4.155676, 4.155124, 4.130658,
+    4.138232, 4.11382, 4.121655, 4.113487, 4.104727, 4.162629,
+]  # fmt: skip
+"""The tiny run's per-step training losses on CPU (float32, one thread), as measured when the
+trainer was reorganised into packages: any change to the model, the data order, the optimizer
+or the schedule moves them. The tolerance allows for other CPUs' kernels, not for changes."""
+
+
+def test_the_tiny_run_reproduces_its_pinned_losses(config_file: Path) -> None:
+    config = tiny_config(config_file)
+    layerwise.train(config)
+    measured = [loss for _, loss in losses(Path(config.run.dir))]
+    assert measured == pytest.approx(PINNED_LOSSES, rel=1e-4)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_token_dir
+from helpers import write_token_dir
 from layerwise.runs.files import read_records
 from layerwise.training.checkpoint import list_checkpoints
 

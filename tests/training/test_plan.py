@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import CONFIGS
 from layerwise.config.loader import config_from_dict, load_config
 from layerwise.config.schema import Config, batch_plan
 from layerwise.distributed.parallelize import checkpoint_blocks, transformer_blocks
@@ -21,7 +22,6 @@ from layerwise.training.step import train_step
 from layerwise.util.errors import UserError
 from layerwise.util.units import parse_memory
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CPU = torch.device("cpu")
 
 
@@ -58,10 +58,10 @@ def train_steps(config: Config) -> None:
 
 
 MEASURE = """
-import dataclasses, gc, sys
+import dataclasses, gc, pathlib, sys
 import torch
-sys.path.insert(0, sys.argv[2])
-from test_planning import tiny, train_steps
+sys.path[:0] = [sys.argv[2], str(pathlib.Path(sys.argv[2]).parent)]  # test_plan, helpers
+from test_plan import tiny, train_steps
 from layerwise.training.metrics import peak_memory_mib, reset_peak_memory
 
 torch.set_num_threads(1)

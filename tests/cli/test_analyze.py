@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 from layerwise.analysis import analyze_comparison
 from layerwise.cli import main
 from layerwise.compare.cells import ComparisonPlan, cell_path, write_manifest

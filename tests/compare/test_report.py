@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_COMPARE
 from layerwise.cli import main
 from layerwise.runs.files import RunSummary
-from test_compare import TINY
 
 PROFILES = ("isotropic", "crown")
 
@@ -22,7 +22,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Pat
     """A finished comparison of two profiles x two seeds, 4 steps each; copy it to change it."""
     root = tmp_path_factory.mktemp("report")
     config = root / "tiny.yaml"
-    config.write_text(TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
+    config.write_text(TINY_COMPARE.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
     out = root / "cmp"
     argv = ["compare", str(config), "--profiles", ",".join(PROFILES), "--seeds", "0,1"]
     assert main([*argv, "--out", str(out), "train.steps=4"]) == 0

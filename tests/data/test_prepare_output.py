@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import layerwise.data.prepare as data
-from conftest import SHARED
+from helpers import SHARED
 from layerwise.cli import main
 from layerwise.data.meta import read_meta
 from layerwise.data.prepare import prepare

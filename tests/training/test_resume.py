@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_run_config
+from helpers import CONFIGS, tiny_run_config
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import load_config
 from layerwise.launch import train
@@ -166,7 +166,7 @@ def test_other_changes_still_refuse_to_resume(finished_run: Path, tmp_path: Path
 
 
 def test_schedules_agree_until_the_longer_one_diverges() -> None:
-    optim = load_config(Path(__file__).parents[1] / "configs" / "tiny-base.yaml").optim
+    optim = load_config(CONFIGS / "tiny-base.yaml").optim
     assert first_divergence(optim, 300, 600) == 0  # warmup as a fraction differs at once
     constant = type(optim)(schedule="constant", warmup_steps=5)
     assert first_divergence(constant, 300, 600) == 300

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models
 
-from conftest import SHARED
+from helpers import SHARED
 from layerwise.data.tokenizer import bpe_vocab_size, load_tokenizer, train_bpe
 from layerwise.util.errors import UserError
 

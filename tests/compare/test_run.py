@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import PNG_MAGIC, TINY_COMPARE
 from layerwise.cli import main
 from layerwise.compare.cells import plan_cells
 from layerwise.compare.run import make_plan, prepare
@@ -22,40 +23,12 @@ from layerwise.runs.files import RunSummary, read_records
 from layerwise.training.build import config_shape
 from layerwise.util.errors import UserError
 
-TINY = """
-model:
-  n_layers: 4
-  d_model: 32
-  head_dim: 8
-  gqa_group: 2
-  ffn_divisor: 16
-  vocab_size: null
-data:
-  seq_len: 16
-  val_windows: 8
-batch:
-  global_batch: 8
-  micro_batch: 8
-optim:
-  lr: 3.0e-3
-  warmup_steps: 1
-train:
-  steps: 12
-  val_interval: 4
-checkpoint:
-  interval: 2
-  keep: 1
-run:
-  device: cpu
-  progress: false
-"""
 PROFILES = "isotropic,vanilla,crown"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture()
 def config(tiny_config_file) -> Path:  # type: ignore[no-untyped-def]
-    return tiny_config_file(TINY)
+    return tiny_config_file(TINY_COMPARE)
 
 
 def test_compare_writes_the_table_csv_and_figures(
@@ -303,7 +276,7 @@ def variant_grid(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) ->
     """2 variants x 2 profiles x 2 seeds, 4 steps each, matched to 4l's isotropic model."""
     root = tmp_path_factory.mktemp("variants")
     config = root / "tiny.yaml"
-    config.write_text(TINY.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
+    config.write_text(TINY_COMPARE.replace("data:\n", f"data:\n  dir: {markov_data}\n", 1))
     argv = ["compare", str(config), "--profiles", "isotropic,crown", "--seeds", "0,1", *VARIANTS]
     steps = ["train.steps=4", "train.val_interval=2"]
     assert main([*argv, "--match-variant", "4l", "--out", str(root / "cmp"), *steps]) == 0
@@ -349,7 +322,7 @@ def test_budgets_match_across_variants_within_half_a_percent(
     cell is rescaled to the 18-layer isotropic model's parameter count."""
     block = "compare:\n  variants:\n    12l: {model.n_layers: 12}\n    18l: {model.n_layers: 18}\n"
     wide = ["model.d_model=768", "model.head_dim=64", "model.gqa_group=3", "model.ffn_divisor=256"]
-    config = tiny_config_file(TINY + block)
+    config = tiny_config_file(TINY_COMPARE + block)
     cells = ["isotropic", "crown"], [0], tmp_path
     plan = make_plan(str(config), *cells, overrides=wide, match_variant="18l")
     assert list(plan.variants) == ["12l", "18l"]
@@ -383,7 +356,7 @@ def test_bad_variants_fail_before_training(
 def test_fine_tuning_transfer_starts_every_cell_from_its_source(
     variant_grid: Path, tiny_config_file, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    config = tiny_config_file(TINY)
+    config = tiny_config_file(TINY_COMPARE)
     out = tmp_path / "ft"
     argv = ["compare", str(config), "--init-from", str(variant_grid), "--out", str(out)]
     assert main([*argv, "train.steps=2", "train.val_interval=2", "optim.warmup_steps=0"]) == 0

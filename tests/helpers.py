@@ -1,0 +1,125 @@
+"""What tests share besides fixtures: paths, tiny learnable token data, the tiny run config.
+
+Imported as `helpers` (tests/ is on pytest's python path); fixtures stay in conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from layerwise.data.inputs import InputInfo
+from layerwise.data.meta import META_FILE, SplitMeta, meta_to_json, new_meta, token_dtype
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SHARED = REPO.parent / "shared"
+MARKOV_VOCAB = 61
+
+
+def markov_tokens(n: int, seed: int, vocab: int = MARKOV_VOCAB) -> np.ndarray:
+    """A learnable stream: each token mostly follows from the previous one."""
+    rng = np.random.default_rng(seed)
+    successor = rng.permutation(vocab)
+    tokens = np.empty(n, dtype=np.uint16)
+    tokens[0] = 1
+    for i in range(1, n):
+        tokens[i] = successor[tokens[i - 1]] if rng.random() < 0.8 else rng.integers(vocab)
+    return tokens
+
+
+def write_token_dir(directory: Path, splits: dict[str, np.ndarray], vocab: int) -> Path:
+    """train.bin / val.bin / meta.json exactly as `layerwise data prepare` lays them out.
+
+    The files take the dtype the vocabulary implies (`token_dtype`, the rule `data prepare`
+    follows).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, tokens in splits.items():
+        tokens.astype(token_dtype(vocab)).tofile(directory / f"{name}.bin")
+    meta = new_meta(
+        directory,
+        "test-tokens",
+        "0" * 64,
+        vocab,
+        0,
+        splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
+        val_target_tokens=len(splits.get("val", ())),
+        inputs=(InputInfo("test", 0, "0" * 64),),
+    )
+    (directory / META_FILE).write_text(meta_to_json(meta))
+    return directory
+
+
+TINY_RUN: dict[str, dict[str, Any]] = {
+    "model": {
+        "profile": "crown",
+        "n_layers": 3,
+        "d_model": 32,
+        "head_dim": 8,
+        "gqa_group": 2,
+        "ffn_divisor": 16,
+        "vocab_size": None,
+    },
+    "data": {"seq_len": 16, "val_windows": 10},
+    "batch": {"global_batch": 8, "micro_batch": 4},
+    "optim": {"lr": 3.0e-3, "warmup_steps": 2},
+    "train": {"steps": 12, "seed": 3, "val_interval": 5},
+    "checkpoint": {"interval": 4, "keep": 2},
+    "run": {"device": "cpu", "progress": False},
+}
+"""The tests' run: a 3-layer Crown model on the Markov data, 12 steps of 8 x 16 tokens,
+validation every 5 steps, checkpoints every 4; a test changes what it needs."""
+
+
+def tiny_run_config(
+    path: Path,
+    data_dir: Path,
+    run_dir: Path,
+    changes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write TINY_RUN with `changes` merged per section, reading `data_dir`, into `run_dir`."""
+    sections = {name: dict(body) for name, body in TINY_RUN.items()}
+    for name, body in (changes or {}).items():
+        sections.setdefault(name, {}).update(body)
+    sections["data"]["dir"] = str(data_dir)
+    sections["run"]["dir"] = str(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+TINY_COMPARE = """
+model:
+  n_layers: 4
+  d_model: 32
+  head_dim: 8
+  gqa_group: 2
+  ffn_divisor: 16
+  vocab_size: null
+data:
+  seq_len: 16
+  val_windows: 8
+batch:
+  global_batch: 8
+  micro_batch: 8
+optim:
+  lr: 3.0e-3
+  warmup_steps: 1
+train:
+  steps: 12
+  val_interval: 4
+checkpoint:
+  interval: 2
+  keep: 1
+run:
+  device: cpu
+  progress: false
+"""
+"""The comparison tests' base config: 4 layers, 12 steps; data.dir is set by each test."""
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
