@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -28,8 +27,11 @@ from typing import Any
 import torch
 
 from layerwise.analysis import AnalysisOptions, analyze_model
-from layerwise.model import BlockOptions, Transformer
-from layerwise.profiles import ProfileSpec, lookup_spec, resolve_shape
+from layerwise.nn.model import BlockOptions, Transformer
+from layerwise.profiles.budget import resolve_shape
+from layerwise.profiles.recipes import ProfileSpec, lookup_spec
+from layerwise.training.metrics import device_name
+from timing import synchronize
 
 TINY_BASE = ProfileSpec(
     ffn=(1.0,), qkv=(1.0,), n_layers=6, d_model=128, head_dim=16, gqa_group=2,
@@ -58,13 +60,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     tokens = torch.randint(0, vocab, (spec["windows"], seq_len + 1), generator=torch.Generator())
     batches = (batch.to(device) for batch in tokens.split(spec["batch"]))
     options = AnalysisOptions(cka_tokens=spec["cka_tokens"], entropy_windows=4)
+    synchronize(torch.device(device))
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start, cpu_start = time.perf_counter(), time.process_time()
     analyze_model(model, model.shape, batches, options, against=reference)
+    synchronize(torch.device(device))
     if device == "cuda":
-        torch.cuda.synchronize()
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -108,7 +110,7 @@ def main() -> None:
         "cka_tokens": args.cka_tokens,
         "threads": args.threads,
     }
-    machine = torch.cuda.get_device_name() if cuda else f"{platform.processor() or 'cpu'}"
+    machine = device_name(torch.device(args.device))
     print(f"device: {machine}, {args.threads} thread(s), torch {torch.__version__}")
     print("| profile | layers | windows | wall s | cpu s | peak MiB | peak at 2x windows |")
     print("|---|---|---|---|---|---|---|")

@@ -29,16 +29,19 @@ from collections.abc import Callable
 
 import torch
 
-from layerwise.build import autocast
-from layerwise.distributed import DistInfo, parse_device
+from layerwise.data.tokenizer import LoadedTokenizer, train_bpe
+from layerwise.distributed.env import DistInfo, parse_device
 from layerwise.evaluation.evaluator import PreparedTask
 from layerwise.evaluation.requests import build_requests
 from layerwise.evaluation.scoring import DEFAULT_BATCH_TOKENS, make_batches, score_requests
 from layerwise.evaluation.tasks import load_examples, resolve_evals_dir, select_tasks
-from layerwise.metrics import device_name
-from layerwise.model import BlockOptions, Transformer
-from layerwise.profiles import ModelShape, ProfileSpec, lookup_spec, resolve_shape
-from layerwise.tokenizer import LoadedTokenizer, train_bpe
+from layerwise.nn.model import BlockOptions, Transformer
+from layerwise.nn.precision import autocast
+from layerwise.profiles.budget import resolve_shape
+from layerwise.profiles.recipes import ProfileSpec, lookup_spec
+from layerwise.profiles.shape import ModelShape
+from layerwise.training.metrics import device_name
+from timing import synchronize
 
 TINY = ProfileSpec(
     ffn=(1.0,), qkv=(1.0,), n_layers=6, d_model=128, head_dim=32, gqa_group=2, vocab_size=4096
@@ -76,12 +79,10 @@ def prepare(args: argparse.Namespace, vocab: int) -> tuple[list[PreparedTask], L
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     started = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - started
 
 

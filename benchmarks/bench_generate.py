@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from collections.abc import Callable
 
 import torch
 
-from layerwise.build import build_shape
-from layerwise.config import load_config
+from layerwise.config.loader import load_config
 from layerwise.hf.generate import generate
-from layerwise.model import BlockOptions, Transformer
-from layerwise.profiles import total_params
+from layerwise.nn.model import BlockOptions, Transformer
+from layerwise.profiles.shape import total_params
+from layerwise.training.build import config_shape
+from layerwise.training.metrics import cpu_model
 
 TARGET = 5.0
 
@@ -55,13 +55,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    shape, _ = build_shape(config, args.vocab_size)
+    shape, _ = config_shape(config, args.vocab_size)
     torch.manual_seed(0)
     context = args.prompt_tokens + args.new_tokens
     model = Transformer(shape, BlockOptions(max_seq_len=context)).eval()
     prompt = torch.randint(0, args.vocab_size, (args.prompt_tokens,)).tolist()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(

@@ -26,9 +26,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise.data import default_workers, prepare, resolve_inputs
-from layerwise.readers import ReadStats, read_documents
-from layerwise.tokenizer import load_tokenizer
+from layerwise.data.inputs import resolve_inputs
+from layerwise.data.prepare import default_workers, prepare
+from layerwise.data.readers import ReadStats, read_documents
+from layerwise.data.tokenizer import load_tokenizer
+from layerwise.training.metrics import cpu_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEFAULT_CORPUS = SHARED / "corpora" / "mix.jsonl.gz"
@@ -43,16 +45,6 @@ class Timing:
 
     wall: float
     cpu: float
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> str:

@@ -5,7 +5,8 @@
 Every figure is read from the files the steps wrote (bench.json and lever_*.json from
 bench_train.py, the run's metrics.jsonl, its eval/step*.json, analysis/analysis.json), so the
 report can be rerun on a finished $OUT without a device. A step that did not run or left no
-file fails its checks with the reason, never silently passes.
+file fails its checks with the reason, never silently passes. The limits and the `Check` each
+line is come from checks.py, shared with bench_train.py.
 """
 
 from __future__ import annotations
@@ -14,24 +15,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-GPU_LIMIT_S = 480.0
-RESUME_RTOL = 0.01
-"""Resumed losses against the killed run's at the same steps: bf16 + compile noise only."""
-MIN_LOSS_DROP = 0.3
-"""Nats the validation loss must fall over the short run to count as learning."""
+from checks import GPU_TIME_LIMIT_S, MIN_LOSS_DROP, RESUME_RTOL, TARGETS, Check
+
 LEVER_ORDER = ("compile_loss", "attention=cudnn", "attention=flash", "compile_mode=model", "fp8")
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    verdict: str
-    """PASS, FAIL or INFO (a figure no target judges on this device)."""
-    detail: str
 
 
 def read_json(path: Path) -> Any:
@@ -74,9 +64,9 @@ def resume_checks(out: Path, status: dict[str, str], checkpoint_step: int) -> li
     overlap = sorted(s for s in killed if s > checkpoint_step and s in resumed)
     worst = max((abs(resumed[s] / killed[s] - 1) for s in overlap), default=float("inf"))
     found = [
-        Check(
+        Check.judge(
+            bool(overlap) and worst <= RESUME_RTOL,
             "resume after SIGKILL",
-            "PASS" if overlap and worst <= RESUME_RTOL else "FAIL",
             f"killed after step {max(killed)}, resumed from step {checkpoint_step}: steps "
             f"{overlap[0] if overlap else '-'}-{overlap[-1] if overlap else '-'} repeat the "
             f"killed run's losses within {worst:.2%} (limit {RESUME_RTOL:.0%}); ran to step "
@@ -88,9 +78,9 @@ def resume_checks(out: Path, status: dict[str, str], checkpoint_step: int) -> li
     train = [resumed[s] for s in sorted(resumed)]
     falls = drop >= MIN_LOSS_DROP and sum(train[-3:]) < sum(train[:3])
     found.append(
-        Check(
+        Check.judge(
+            falls,
             "loss falls",
-            "PASS" if falls else "FAIL",
             f"val {val[steps[0]]:.3f} (step {steps[0]}) -> {val[steps[-1]]:.3f} "
             f"(step {steps[-1]}), drop {drop:.2f} >= {MIN_LOSS_DROP}; train "
             f"{train[0]:.3f} -> {train[-1]:.3f}"
@@ -110,10 +100,10 @@ def eval_checks(out: Path, status: dict[str, str]) -> list[Check]:
     analysis = out / "analysis" / "analysis.json"
     ok_analysis = status.get("analyze") == "0" and analysis.is_file()
     return [
-        Check("layerwise eval", "PASS" if status.get("eval") == "0" and scores else "FAIL", detail),
-        Check(
+        Check.judge(status.get("eval") == "0" and bool(scores), "layerwise eval", detail),
+        Check.judge(
+            ok_analysis,
             "layerwise analyze",
-            "PASS" if ok_analysis else "FAIL",
             str(analysis) if ok_analysis else f"exit {status.get('analyze', 'not run')}",
         ),
     ]
@@ -160,7 +150,7 @@ def bench_checks(bench: dict[str, Any] | None, status: dict[str, str], device: s
     if bench is None:
         return [Check("benchmark", "FAIL", f"no bench.json (step: {status.get('bench')})")]
     found = [
-        Check("bench: " + c["text"].split(":")[0], "PASS" if c["passed"] else "FAIL", c["text"])
+        Check.judge(c["passed"], "bench: " + c["text"].split(":")[0], c["text"])
         for c in bench["checks"]
     ]
     if device == "cpu":
@@ -168,7 +158,8 @@ def bench_checks(bench: dict[str, Any] | None, status: dict[str, str], device: s
             Check(
                 "bench: GPU targets",
                 "INFO",
-                "ours >= 1.3x plain, profiles within 1% of isotropic, peak memory <= plain: "
+                f"ours >= {TARGETS['gpu_ours_over_plain']:g}x plain, profiles within "
+                f"{1 - TARGETS['profile_over_iso']:.0%} of isotropic, peak memory <= plain: "
                 "judged on a GPU only",
             )
         )
@@ -241,9 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         *lever_found,
     ]
     if args.device == "cuda":
-        within = args.total_s < GPU_LIMIT_S
         checks.append(
-            Check("whole check < 8 min", "PASS" if within else "FAIL", f"{args.total_s:.0f}s")
+            Check.judge(
+                args.total_s < GPU_TIME_LIMIT_S,
+                f"whole check < {GPU_TIME_LIMIT_S / 60:.0f} min",
+                f"{args.total_s:.0f}s",
+            )
         )
     machine = (bench or {}).get("machine") or {}
     card = machine.get("gpu") or machine.get("cpu") or "unknown"
