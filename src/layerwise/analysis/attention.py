@@ -10,11 +10,12 @@ attends to one token, 1 one that attends uniformly. Position 0 sees one key and 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
 from layerwise.analysis.collect import recording_outputs
-from layerwise.nn.model import Attention, Transformer, apply_rope
+from layerwise.nn.model import Attention, Block, Transformer, apply_rope
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def _window_entropy(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """[layers, max_heads] for one window [1, seq]."""
     queries: list[torch.Tensor] = []
     keys: list[torch.Tensor] = []
-    blocks = list(model.blocks)
+    blocks = cast(list[Block], list(model.blocks))
     with (
         recording_outputs([b.attention.q_norm for b in blocks], queries),
         recording_outputs([b.attention.k_norm for b in blocks], keys),

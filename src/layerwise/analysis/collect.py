@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ def collect_states(model: Transformer, tokens: torch.Tensor) -> BatchStates:
         states.inputs.append(block_input.detach())
         states.outputs.append(block_output.detach())
 
-    attn, ffn = zip(*(update_modules(block) for block in model.blocks), strict=True)
+    attn, ffn = zip(*(update_modules(cast(Block, block)) for block in model.blocks), strict=True)
     with (
         recording_outputs(list(attn), states.attn_updates),
         recording_outputs(list(ffn), states.ffn_updates),

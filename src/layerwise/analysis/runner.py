@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -88,7 +88,7 @@ def analyze_model(
     found = lens.result()
     result = {
         **found,
-        **importance.result(float(found["val_loss"]), shape),
+        **importance.result(float(cast(float, found["val_loss"])), shape),
         **ratios.result(),
         **geometry.result(),
         "cka": within.result(),

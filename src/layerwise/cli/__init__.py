@@ -46,6 +46,7 @@ def write_error_message(exc: OSError) -> str:
     """Which path failed, why, and what to do; the outputs already written stay whole because
     every writer writes to a temporary file and renames it."""
     where = f" {exc.filename}" if exc.filename else ""
+    assert exc.errno is not None, "called only for errors in WRITE_ERRORS"
     return f"cannot write{where}: {exc.strerror}; {WRITE_ERRORS[exc.errno]}"
 
 

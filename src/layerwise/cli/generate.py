@@ -74,9 +74,8 @@ def run_generate(args: argparse.Namespace) -> int:
     stream = None if args.json else TextStream(tokenizer)
     if stream is not None:
         print(args.prompt, end="", flush=True)
-    ids = generate(
-        model, [prompt_ids], args.max_new_tokens, sampling, eos_id, stream and stream.add
-    )[0]
+    on_token = None if stream is None else stream.add
+    ids = generate(model, [prompt_ids], args.max_new_tokens, sampling, eos_id, on_token)[0]
     text = tokenizer.decode(ids)
     if args.json:
         print(json.dumps({"prompt_ids": prompt_ids, "ids": ids, "text": text}))
@@ -87,6 +86,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 class TextStream:
     """Prints the text of the ids so far as they come, holding back a partial UTF-8 character."""
+
+    ids: list[int]
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer, self.ids, self.shown = tokenizer, [], ""

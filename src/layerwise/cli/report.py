@@ -13,4 +13,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("report", help="regenerate a comparison's report and figures")
     parser.add_argument("out", help="the --out directory of `layerwise compare`")
     add_analyze_flag(parser)
-    parser.set_defaults(func=lambda args: print_report(Console(), args.out, args.analyze) or 0)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print_report(Console(), args.out, args.analyze)
+    return 0

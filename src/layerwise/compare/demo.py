@@ -54,7 +54,7 @@ def demo_evals_dir() -> Path | None:
 
 
 def demo_overrides(out: Path, overrides: tuple[str, ...]) -> tuple[str, ...]:
-    evaluation = ()
+    evaluation: tuple[str, ...] = ()
     if demo_evals_dir() is not None:
         evaluation = ("eval.tasks=[core]", f"eval.limit={DEMO_EVAL_LIMIT}", "eval.interval=1000")
     return (f"data.dir={out / 'data'}", *evaluation, *overrides)

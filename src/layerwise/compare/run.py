@@ -220,7 +220,11 @@ def with_target(plan: ComparisonPlan) -> ComparisonPlan:
     if plan.match_variant is None or plan.init_from is not None:
         return replace(plan, target_params=None)
     unmatched = replace(plan, target_params=None)
-    axes = {"variant": plan.match_variant, "profile": str(plan.match), "seed": plan.seeds[0]}
+    axes: dict[str, str | int] = {
+        "variant": plan.match_variant,
+        "profile": str(plan.match),
+        "seed": plan.seeds[0],
+    }
     reference = checked_run(unmatched, make_cell(unmatched, axes), world_size=1)
     vocab_size = reference.config.model.vocab_size
     assert vocab_size is not None, "with_data_vocab fills it in"
@@ -367,14 +371,14 @@ def run_comparison(
     plan = with_target(plan)
     barrier()  # every rank has read OUT before rank 0 deletes in it
     if dist.is_main:
-        index = {run.cell.run_id: i for i, run in enumerate(runs)}
+        position = {run.cell.run_id: i for i, run in enumerate(runs)}
         for change in changes:
             cell = change.run.cell
             shutil.rmtree(cell.run_dir)
             status = (
                 f"settings changed ({change.settings}): deleted its earlier run, to train again"
             )
-            on_run(index[cell.run_id], len(runs), cell, status)
+            on_run(position[cell.run_id], len(runs), cell, status)
         plan.out.mkdir(parents=True, exist_ok=True)
         write_manifest(plan)
     barrier()

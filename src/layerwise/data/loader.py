@@ -9,6 +9,7 @@ different number of processes, see exactly the same sequences at each step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -142,13 +143,21 @@ class WindowSampler:
     def load_state_dict(self, state: dict) -> None:
         """Resume at a saved position; refuse one that cannot come from this data and batch."""
         epoch, cursor = state.get("epoch"), state.get("cursor")
-        valid = all(isinstance(v, int) and not isinstance(v, bool) for v in (epoch, cursor))
-        if not valid or epoch < 0 or not 0 <= cursor <= self.n_windows:
+        if (
+            not (_is_count(epoch) and _is_count(cursor))
+            or epoch < 0
+            or not 0 <= cursor <= self.n_windows
+        ):
             raise UserError(
                 f"sampler state {state!r} does not fit {self.n_windows} windows: "
                 "was the checkpoint made with other data?"
             )
         self.epoch, self.cursor = epoch, cursor
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    """A whole number from the saved state: an int, but not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validation_indices(n_windows: int, n: int) -> np.ndarray:

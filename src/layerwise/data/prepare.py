@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing, contextmanager
@@ -132,7 +132,7 @@ def _encode_in_order(
     dtype: np.dtype,
     batches: Iterator[tuple[list[str], int]],
     workers: int,
-) -> Iterator[tuple[EncodedBatch, int]]:
+) -> Generator[tuple[EncodedBatch, int], None, None]:
     """Encoded batches in input order; with several workers, a bounded number in flight."""
     if workers == 1:
         for texts, bytes_read in batches:

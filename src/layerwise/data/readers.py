@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from layerwise.data.inputs import PYTHON_DOCS, Source, read_file_bytes, stdlib_python_files
 from layerwise.util.errors import UserError
@@ -59,7 +58,7 @@ def _read_jsonl(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -
     """One document per line; a bad line names its file and line number."""
     base = stats.bytes_read
     with path.open("rb") as raw:
-        lines: IO[bytes] = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+        lines: Iterable[bytes] = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
         for number, line in enumerate(lines, start=1):
             stats.bytes_read = base + raw.tell()
             if not line.strip():

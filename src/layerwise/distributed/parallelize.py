@@ -295,7 +295,8 @@ def compile_loss(model: nn.Module, *, reset: bool) -> None:
     head_loss = getattr(model, "head_loss", None)
     if head_loss is None:
         raise TypeError(f"{type(model).__name__} has no `head_loss` to compile")
-    model.head_loss = torch.compile(head_loss, dynamic=False)
+    # nn.Module types attributes as Tensor | Module; this one is the model's method, compiled
+    model.head_loss = torch.compile(head_loss, dynamic=False)  # type: ignore[assignment]
 
 
 def count_block_shapes(blocks: nn.ModuleList) -> int:

@@ -73,7 +73,9 @@ def score_batch(
     """Summed continuation log-probabilities (float64, one per request) of one padded batch."""
     width = max(len(r.tokens) for r in requests) - 1
     inputs = np.zeros((len(requests), width), dtype=np.int64)
-    rows, cols, targets = [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
     for row, request in enumerate(requests):
         length = len(request.tokens) - 1
         inputs[row, :length] = request.tokens[:-1]

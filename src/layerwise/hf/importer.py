@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -104,7 +104,8 @@ def imported_config(
         for section, body in DEFAULT_TRAINING.items():
             values[section].update(body)
     default = "isotropic" if is_isotropic(arch.shape) else "vanilla"
-    profile = document.get(PROFILE_KEY) if document.get(PROFILE_KEY) in SHAPES else default
+    named = document.get(PROFILE_KEY)
+    profile = cast(str, named) if named in SHAPES else default  # SHAPES is keyed by str
     values["model"] = model_settings(arch, profile)
     values["data"]["seq_len"] = arch.options.max_seq_len
     values["run"]["dir"] = str(out)
@@ -175,5 +176,5 @@ def write_imported_run_files(
         tokenizer.vocab_size,
         tokenizer.eos_id,
     )
-    files = {TOKENIZER_FILE: tokenizer_file, META_FILE: meta_to_json(meta)}
+    files: dict[str, Path | str] = {TOKENIZER_FILE: tokenizer_file, META_FILE: meta_to_json(meta)}
     run_files.write_run_files(out, dump_config(config), files)

@@ -81,15 +81,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Summed loss times `scale` (1/tokens for the mean, 1 for the sum), gradients in forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype, scale):  # type: ignore[override]
+    def forward(ctx, hidden, weight, targets, dtype, scale):
         token_losses, grad_hidden, grad_weight = _loss_and_grads(
             hidden, weight, targets, dtype, scale
         )
+        assert grad_weight is not None, "a grad_scale was given, so the gradients were computed"
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return token_losses.sum() * scale
 
     @staticmethod
-    def backward(ctx, grad_output):  # type: ignore[override]
+    def backward(ctx, grad_output):
         """Scale the gradients computed in forward in place: no second [vocab, d] tensor.
 
         In place is safe because each is used once; a second backward through the same graph

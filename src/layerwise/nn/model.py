@@ -196,6 +196,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope_cos: torch.Tensor  # buffers, registered in __init__
+    rope_sin: torch.Tensor
+
     def __init__(self, shape: ModelShape, options: BlockOptions | None = None) -> None:
         super().__init__()
         self.shape = shape

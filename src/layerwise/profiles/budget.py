@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from layerwise.profiles.recipes import ProfileSpec, lookup_spec, shape_from_spec, validate_spec
 from layerwise.profiles.shape import Metric, ModelShape, embedding_params, measure
@@ -88,7 +89,7 @@ def solve_budget(
         )
     best: BudgetResult | None = None
     for qkv_scale in _qkv_scale_candidates():
-        ffn_scale = _closest_scale(lambda s, q=qkv_scale: cost(s, q), target)
+        ffn_scale = _closest_scale(partial(cost, qkv_scale=qkv_scale), target)
         candidate_spec = scaled(spec, ffn_scale, qkv_scale)
         shape = shape_from_spec(candidate_spec)
         result = BudgetResult(

@@ -131,6 +131,7 @@ def _interpolate(anchors: Sequence[float], n_layers: int) -> list[float]:
     if len(anchors) == 2:
         a, b = anchors
         return [round(a + (b - a) * i / (n_layers - 1), 2) for i in range(n_layers)]
+    knots: list[float]
     if len(anchors) == 3 and anchors[0] == anchors[2]:
         edge, peak = anchors[0], anchors[1]
         mid = math.ceil(n_layers / 2)

@@ -62,8 +62,8 @@ def check_fidelity(
     n_layers = plan.base().model.n_layers
     candidates: list[tuple[str, str | None, Shape | None]] = [(n, n, None) for n in BASELINES]
     for k in range(n_random):
-        shape = shape_of(random_params(plan.space, rng), plan.space, n_layers)
-        candidates.append((f"random-{k + 1}", None, shape))
+        random_shape = shape_of(random_params(plan.space, rng), plan.space, n_layers)
+        candidates.append((f"random-{k + 1}", None, random_shape))
     for name, baseline, shape in candidates:
         if name in done:
             continue

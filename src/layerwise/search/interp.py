@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 Interpolation = Literal["pchip", "linear"]
 
@@ -50,7 +51,7 @@ def _end_slope(h0: float, h1: float, d0: float, d1: float) -> float:
     return float(slope)
 
 
-def pchip(x: Sequence[float], y: Sequence[float], at: Sequence[float]) -> np.ndarray:
+def pchip(x: ArrayLike, y: ArrayLike, at: ArrayLike) -> np.ndarray:
     """The monotone cubic Hermite interpolant through (x, y), evaluated at `at` (x increasing)."""
     xs, ys, query = (np.asarray(v, dtype=float) for v in (x, y, at))
     slopes = pchip_slopes(xs, ys)

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import optuna
 from matplotlib.figure import Figure
@@ -85,7 +86,7 @@ def ranked(study: optuna.Study) -> list[FrozenTrial]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "reused_from" not in t.user_attrs and t.value is not None
     ]
-    return sorted(trials, key=lambda t: t.value)
+    return sorted(trials, key=lambda t: cast(float, t.value))  # None filtered out above
 
 
 def baseline_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
@@ -147,7 +148,7 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     complete = [t for t in done if t.value is not None]
     best, xs, ys = math.inf, [], []
     for trial in sorted(complete, key=lambda t: t.number):
-        best = min(best, float(trial.value))
+        best = min(best, float(cast(float, trial.value)))  # complete: value is not None
         xs.append(trial.number)
         ys.append(best)
     ax.step(xs, ys, where="post", color="black", linewidth=1, label="best so far")

@@ -15,7 +15,7 @@ import torch
 from layerwise.config.schema import Config, ModelConfig
 from layerwise.data.meta import TokenMeta, check_vocab_fits, read_meta
 from layerwise.distributed.env import DistInfo
-from layerwise.distributed.parallelize import SpeedOptions
+from layerwise.distributed.parallelize import SpeedOptions, Strategy
 from layerwise.nn.model import Transformer
 from layerwise.profiles.budget import BudgetResult, resolve_shape
 from layerwise.profiles.recipes import ProfileSpec, lookup_spec
@@ -118,7 +118,7 @@ def speed_options(config: Config) -> SpeedOptions:
     )
 
 
-def parallel_strategy(config: Config, dist: DistInfo) -> str:
+def parallel_strategy(config: Config, dist: DistInfo) -> Strategy:
     if config.parallel.strategy == "auto":
         return "ddp" if dist.world_size > 1 else "none"
     return config.parallel.strategy

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -170,7 +170,9 @@ def choose_checkpoint(
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Every generator a step might draw from, in a form `torch.load(weights_only=True)` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default) gives the tuple form: the global generator is an MT19937
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, cached = state
     return {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
@@ -299,7 +301,7 @@ def load_checkpoint(
             f"checkpoint {path} is unreadable ({exc}); delete it to resume from an older one"
         ) from None
     model_state, optim_state = get_state_dict(model, optimizer)
-    bundle = {"model": model_state, "optim": optim_state}
+    bundle: dict[str, Any] = {"model": model_state, "optim": optim_state}
     try:
         with _quiet_single_process():
             dcp.load(bundle, checkpoint_id=path)

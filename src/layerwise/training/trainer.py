@@ -151,11 +151,11 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     train_windows = open_split(config.data.dir, "train", config.data.seq_len)
     val_windows = open_split(config.data.dir, "val", config.data.seq_len)
     dtype = compute_dtype(config.run.precision, dist.device)
-    model = build_model(shape, config, dist.device)
+    built = build_model(shape, config, dist.device)
     if checkpoint is None and config.init.from_ is not None:
-        init_from(model, shape, config.init.from_)
+        init_from(built, shape, config.init.from_)
     model = parallelize(
-        model,
+        built,
         dist,
         parallel_strategy(config, dist),
         compile=config.run.compile,
@@ -170,6 +170,7 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     state = TrainerState()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, dist)
+        assert state.sampler is not None, "every checkpoint records the sampler's position"
         sampler.load_state_dict(state.sampler)
     reset_peak_memory(dist.device)
     return Run(
