@@ -20,6 +20,7 @@ from layerwise.compare.run import make_plan, prepare
 from layerwise.config.loader import load_config
 from layerwise.profiles.shape import total_params
 from layerwise.runs.files import RunSummary, read_records
+from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import config_shape
 from layerwise.util.errors import UserError
 
@@ -366,3 +367,13 @@ def test_fine_tuning_transfer_starts_every_cell_from_its_source(
     report = (out / "report.md").read_text()
     assert "## Fine-tuning transfer" in report and "| 3l/crown |" in report
     assert main([*argv, "--seeds", "0"]) == 2  # the grid comes from the source
+
+
+def test_a_comparison_in_use_is_refused_before_any_training(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cmp"
+    with DirectoryLock(out, "comparison"):
+        assert main(["compare", str(config), "--profiles", "isotropic", "--out", str(out)]) == 2
+    assert f"comparison {out} is in use by pid {os.getpid()}" in capsys.readouterr().err
+    assert not any(p.is_dir() for p in out.iterdir()), "no cell was started"

@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from layerwise.profiles.shape import total_params
 from layerwise.runs.files import read_records
 from layerwise.training import step
 from layerwise.training.build import config_shape, resolve_vocab_size, with_data_vocab
+from layerwise.training.callbacks.base import Callback, TrainerView
 from layerwise.training.checkpoint import list_checkpoints
 from layerwise.training.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops
 from layerwise.training.step import NonFiniteLoss, evaluate
@@ -300,3 +302,52 @@ def test_the_tiny_run_reproduces_its_pinned_losses(config_file: Path) -> None:
     layerwise.train(config)
     measured = [loss for _, loss in losses(Path(config.run.dir))]
     assert measured == pytest.approx(PINNED_LOSSES, rel=1e-4)
+
+
+def test_a_second_process_on_a_run_is_refused_and_a_killed_ones_lock_is_taken_over(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.1: two trainers on one run directory used to corrupt each other's files."""
+    settings = ["train.steps=400", "checkpoint.interval=10", "train.val_interval=1000"]
+    command = [sys.executable, "-m", "layerwise", "train", str(config_file), *settings]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = Path(tiny_config(config_file).run.dir)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert cli_main(["train", str(config_file), *settings, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"run directory {run_dir} is in use by pid {first.pid}" in err
+        assert first.poll() is None, "the refused process must not disturb the running one"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert cli_main(["train", str(config_file), "train.steps=400", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"took over the lock of {run_dir} from pid {first.pid}" in err
+    steps = [r["step"] for r in read_records(run_dir / "metrics.jsonl") if r["type"] == "train"]
+    assert steps == list(range(1, 401))
+
+
+class SignalDuringFinalValidation(Callback):
+    """Sends SIGTERM to this process while the last step's validation is reported."""
+
+    def on_evaluation(self, trainer: TrainerView, record: Mapping[str, Any]) -> None:
+        if trainer.is_last_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_after_the_last_step_still_stops_the_command(config_file: Path) -> None:
+    """Issue 21.5: a SIGTERM during the final validation used to be swallowed, so a comparison
+    went on to train every remaining cell."""
+    config = tiny_config(config_file)
+    with pytest.raises(RunInterrupted) as stopped:
+        train(config, [SignalDuringFinalValidation()])
+    run_dir = Path(config.run.dir)
+    assert stopped.value.signum == signal.SIGTERM and stopped.value.step == 12
+    assert list_checkpoints(run_dir)[-1][0] == 12 and not (run_dir / "summary.json").exists()
+    summary = train(tiny_config(config_file, "run.resume=auto"))  # the rerun finishes it
+    assert summary.steps == 12 and (run_dir / "summary.json").exists()
+    assert [s for s, _ in losses(run_dir)] == list(range(1, 13))

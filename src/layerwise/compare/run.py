@@ -44,11 +44,12 @@ from layerwise.config.loader import (
     parse_override,
 )
 from layerwise.config.schema import Config, batch_plan
-from layerwise.distributed.env import DistInfo, barrier, init_distributed
+from layerwise.distributed.env import DistInfo, barrier, held_by_main, init_distributed
 from layerwise.launch import train
 from layerwise.profiles.recipes import PRESETS, SHAPES
 from layerwise.profiles.shape import total_params
 from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, RunSummary
+from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import config_shape, with_data_vocab
 from layerwise.training.checkpoint import list_checkpoints
 from layerwise.util.errors import UserError
@@ -367,6 +368,14 @@ def run_comparison(
     hold, and are then trained again.
     """
     dist = join_distributed(plan)
+    with held_by_main(DirectoryLock(plan.out, "comparison")):
+        return run_locked(plan, dist, on_run, rerun_changed)
+
+
+def run_locked(
+    plan: ComparisonPlan, dist: DistInfo, on_run: OnRun, rerun_changed: bool
+) -> list[RunSummary]:
+    """`run_comparison` once this process holds the comparison's directory."""
     runs, changes = prepare(plan, dist.world_size, rerun_changed)
     plan = with_target(plan)
     barrier()  # every rank has read OUT before rank 0 deletes in it

@@ -8,8 +8,10 @@ has a single code path whatever the launch and never tests `is_initialized` itse
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -204,3 +206,19 @@ def decide_on_main(decide: Callable[[], T]) -> T:
     if kind == "error":
         raise UserError(value)
     return value
+
+
+@contextlib.contextmanager
+def held_by_main(resource: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    """Hold `resource` (a directory lock) on rank 0 for the block; a refusal there stops every
+    rank with the same message, as `decide_on_main` does."""
+
+    def enter() -> None:
+        resource.__enter__()
+
+    decide_on_main(enter)
+    try:
+        yield
+    finally:
+        if not is_distributed() or torch_dist.get_rank() == 0:
+            resource.__exit__(*sys.exc_info())

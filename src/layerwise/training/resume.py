@@ -19,6 +19,7 @@ from pathlib import Path
 from layerwise.config.loader import experiment_differences, load_config
 from layerwise.config.schema import Config, OptimConfig, total_steps
 from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from layerwise.runs.lock import is_vacant
 from layerwise.training.checkpoint import CHECKPOINT_DIR, choose_checkpoint, list_checkpoints
 from layerwise.training.optim import lr_at
 from layerwise.util.errors import UserError
@@ -67,7 +68,7 @@ def clear_run(run_dir: Path) -> list[str]:
     if not run_dir.is_dir():
         raise UserError(f"run.dir {run_dir} is a file, not a directory")
     if not holds_run(run_dir):
-        if any(run_dir.iterdir()):
+        if not is_vacant(run_dir):
             raise UserError(
                 f"--overwrite: {run_dir} is not empty and holds no run ({CONFIG_FILE}, "
                 f"{METRICS_FILE}, {CHECKPOINT_DIR}/); refusing to delete it. Choose another run.dir"
@@ -91,7 +92,7 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
                 f"{run_dir} has checkpoints but no {CONFIG_FILE}; it cannot be resumed safely. "
                 "Start over with --overwrite or choose another run.dir"
             )
-        if not run_dir.exists():
+        if is_vacant(run_dir):
             return ResumePoint()  # a new run: nothing to say (compare starts every cell so)
         return ResumePoint(notes=[f"--resume: no earlier run in {run_dir}; starting at step 0"])
     saved = load_config(saved_path)
@@ -106,6 +107,18 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
     choice = choose_checkpoint(run_dir, schedule_check(config.optim, old, new))
     notes = [f"skipped {path.name}: {reason}" for path, reason in choice.skipped]
     if choice.path is None:
+        unfinished = [path for path, reason in choice.skipped if path.name.endswith(".tmp")]
+        if choice.skipped and len(unfinished) == len(choice.skipped):
+            # killed during its first save: nothing was lost but that save, so start over
+            for path in unfinished:
+                shutil.rmtree(path)
+            names = ", ".join(path.name for path in unfinished)
+            return ResumePoint(
+                notes=[
+                    f"--resume: removed {names}, a save that never finished; {run_dir} has no "
+                    "finished checkpoint, starting at step 0"
+                ]
+            )
         if choice.skipped:
             raise UserError(
                 f"no usable checkpoint in {run_dir / CHECKPOINT_DIR}: {grouped(choice.skipped)}. "

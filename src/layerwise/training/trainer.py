@@ -40,12 +40,19 @@ from layerwise.data.loader import (
     validation_indices,
 )
 from layerwise.data.meta import META_FILE, TOKENIZER_FILE
-from layerwise.distributed.env import DistInfo, decide_on_main, init_distributed
+from layerwise.distributed.env import (
+    DistInfo,
+    all_reduce_sum,
+    decide_on_main,
+    held_by_main,
+    init_distributed,
+)
 from layerwise.distributed.parallelize import parallelize
 from layerwise.nn.precision import compute_dtype
 from layerwise.profiles.budget import BudgetResult
 from layerwise.profiles.shape import ModelShape, flops_per_token, non_embedding_params, total_params
 from layerwise.runs.files import SUMMARY_FILE, RunSummary, write_run_files
+from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import (
     build_model,
     config_shape,
@@ -198,6 +205,12 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     )
 
 
+def signal_on_any_rank(signals: StopSignals, device: torch.device) -> bool:
+    """Whether a stop signal reached any rank; every rank must call it (a collective)."""
+    flag = torch.tensor([1.0 if signals.requested() else 0.0], device=device)
+    return bool(all_reduce_sum(flag).item() > 0)
+
+
 class Trainer:
     """The loop and its events; to its callbacks, a `TrainerView` (see training/callbacks/base.py)."""
 
@@ -306,6 +319,11 @@ class Trainer:
                         signum = signals.signum or signal.SIGTERM
                         raise RunInterrupted(signum, self.state.step, self.last_checkpoint)
                 self._emit("on_train_end")
+                if signal_on_any_rank(signals, self.run.dist.device):
+                    # it came after the last step's own check (during the final validation,
+                    # scoring or save): the final checkpoint is on disk, the command must stop
+                    signum = signals.signum or signal.SIGTERM
+                    raise RunInterrupted(signum, self.state.step, self.last_checkpoint)
         except BaseException as error:
             for callback in self.callbacks:
                 callback.on_error(self, error)
@@ -402,6 +420,14 @@ def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
     dist = init_distributed(config.run.device)
     config = with_data_vocab(config)
     run_dir = Path(config.run.dir)
+    with held_by_main(DirectoryLock(run_dir, "run directory")):
+        return train_locked(config, dist, run_dir, callbacks)
+
+
+def train_locked(
+    config: Config, dist: DistInfo, run_dir: Path, callbacks: Sequence[Callback]
+) -> RunSummary:
+    """`train` once this process holds the run directory."""
     point = decide_on_main(lambda: prepare_run_dir(run_dir, config))
     if dist.is_main:
         for note in point.notes:

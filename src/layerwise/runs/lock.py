@@ -1,0 +1,205 @@
+"""One process per run directory: a lock file that names its holder, and is taken over safely
+when the holder is gone.
+
+Two `train` (or `compare`, `search`) processes writing one directory corrupt each other's
+checkpoints and logs, so the second is refused at once with a message naming the first (host,
+pid, since when, command). The lock is a small JSON file created with O_EXCL, which is atomic on
+local filesystems and on NFS v3+. A lock is stale, and taken over, when its holder is known to
+be gone:
+
+- on the same host, its pid no longer runs (kill -9, a crash, a reboot);
+- it was taken by an earlier incarnation of the same SLURM job (a requeued job keeps its job
+  id, and SLURM never runs one job twice at once), whatever the node;
+- its heartbeat is older than `stale_after_s`: the holder refreshes the file's time every
+  `heartbeat_s` seconds, so a holder on another host that died without a word is recognised
+  after a few minutes.
+
+Taking over replaces the file atomically and then reads it back after a moment: of two
+processes taking over at once, the one whose claim was overwritten sees the other's and
+refuses, so at most one proceeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+
+from layerwise.util.errors import UserError
+from layerwise.util.files import atomic_write_text
+
+LOCK_FILE = ".layerwise.lock"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 300.0
+_SETTLE_S = 0.05  # how long a taker waits before reading its claim back
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lock, as written in the lock file."""
+
+    host: str
+    pid: int
+    since: str
+    command: str
+    slurm_job: str | None = None
+
+    def describe(self) -> str:
+        job = f", SLURM job {self.slurm_job}" if self.slurm_job else ""
+        return f"pid {self.pid} on {self.host}{job} since {self.since} ({self.command})"
+
+
+def this_process() -> Holder:
+    return Holder(
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        since=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        command=" ".join(["layerwise", *sys.argv[1:]]) if sys.argv else "python",
+        slurm_job=os.environ.get("SLURM_JOB_ID"),
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: it exists
+    return True
+
+
+def stale_reason(
+    holder: Holder, age_s: float, me: Holder, stale_after_s: float = STALE_AFTER_S
+) -> str | None:
+    """Why `holder` is known to be gone (None: it may still run)."""
+    if holder.host == me.host and holder.pid != me.pid and not pid_alive(holder.pid):
+        return f"pid {holder.pid} no longer runs on {holder.host}"
+    if holder.slurm_job and holder.slurm_job == me.slurm_job and holder.pid != me.pid:
+        return f"it was taken by an earlier run of SLURM job {holder.slurm_job}"
+    if age_s > stale_after_s:
+        return f"its holder has not refreshed it for {age_s:.0f} s"
+    return None
+
+
+def read_holder(path: Path) -> Holder | None:
+    """The holder written in `path`; None if the file is gone or unreadable (mid-write)."""
+    try:
+        return Holder(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class DirectoryLock:
+    """`with DirectoryLock(directory, what="run directory"):` holds `directory` for this process.
+
+    Raises UserError naming the holder when another live process has it. A stale lock is taken
+    over with a note on stderr. The lock is released on exit, also after an exception; a
+    process killed with SIGKILL leaves it behind, to be taken over as stale.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        what: str = "directory",
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after_s: float = STALE_AFTER_S,
+    ) -> None:
+        self.directory, self.what = Path(directory), what
+        self.path = self.directory / LOCK_FILE
+        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self.me = this_process()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._depth = 0
+
+    def __enter__(self) -> DirectoryLock:
+        if self._depth == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._acquire()
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
+        self._depth += 1  # re-entrant: a comparison's own helpers may lock again
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if read_holder(self.path) == self.me:
+            self.path.unlink(missing_ok=True)
+
+    def _acquire(self) -> None:
+        text = json.dumps(asdict(self.me))
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._take_over_if_stale(text):
+                    return
+                continue
+            except OSError as exc:
+                raise UserError(f"cannot lock {self.directory} ({exc.strerror}): {exc}") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            return
+        self._refuse(read_holder(self.path))
+
+    def _take_over_if_stale(self, text: str) -> bool:
+        holder = read_holder(self.path)
+        if holder is None:
+            time.sleep(_SETTLE_S)  # a holder in the middle of writing it: look again
+            holder = read_holder(self.path)
+            if holder is None:
+                return False  # gone in between: try to create it again
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        reason = stale_reason(holder, age, self.me, self.stale_after_s)
+        if reason is None:
+            self._refuse(holder)
+        atomic_write_text(self.path, text)
+        time.sleep(_SETTLE_S)
+        if read_holder(self.path) != self.me:
+            self._refuse(read_holder(self.path))  # another process took it over first
+        print(
+            f"layerwise: took over the lock of {self.directory} from {holder.describe()}: {reason}",
+            file=sys.stderr,
+        )
+        return True
+
+    def _refuse(self, holder: Holder | None) -> None:
+        who = holder.describe() if holder is not None else "another process"
+        raise UserError(
+            f"{self.what} {self.directory} is in use by {who}; wait for it to finish or stop it "
+            f"(a lock left by a process that is gone is taken over by itself; if you know the "
+            f"holder is gone, delete {self.path})"
+        )
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return  # the directory went away; the run will say so itself
+
+
+def is_vacant(directory: Path) -> bool:
+    """No directory, or one holding nothing but its lock (what a locked new run looks like)."""
+    return not directory.is_dir() or all(p.name == LOCK_FILE for p in directory.iterdir())

@@ -1,0 +1,114 @@
+"""One process per directory: the second is refused naming the first; a lock whose holder is
+gone (killed, requeued by SLURM, silent for too long) is taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+
+from layerwise.runs.lock import LOCK_FILE, DirectoryLock, Holder, this_process
+from layerwise.util.errors import UserError
+
+
+def write_holder(directory: Path, holder: Holder, age_s: float = 0.0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    path.write_text(json.dumps(asdict(holder)))
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def other_host(**changes: object) -> Holder:
+    me = this_process()
+    return replace(me, host=f"not-{me.host}", pid=12345, **changes)  # type: ignore[arg-type]
+
+
+def test_a_second_holder_is_refused_with_the_first_named(tmp_path: Path) -> None:
+    with DirectoryLock(tmp_path / "run", what="run directory"):
+        with pytest.raises(UserError) as refused:
+            DirectoryLock(tmp_path / "run").__enter__()
+        message = str(refused.value)
+        assert f"pid {os.getpid()}" in message and "since" in message and "in use by" in message
+    with DirectoryLock(tmp_path / "run"):  # released on exit
+        pass
+    assert not (tmp_path / "run" / LOCK_FILE).exists()
+
+
+def test_the_lock_is_released_after_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), DirectoryLock(tmp_path):
+        raise RuntimeError("boom")
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    write_holder(tmp_path, replace(this_process(), pid=int(gone.stdout)))
+    with DirectoryLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "no longer runs" in capsys.readouterr().err
+
+
+def test_a_live_holder_on_another_host_is_respected_until_its_heartbeat_stops(
+    tmp_path: Path,
+) -> None:
+    write_holder(tmp_path, other_host(slurm_job=None), age_s=10)
+    with pytest.raises(UserError, match="pid 12345 on not-"):
+        DirectoryLock(tmp_path, stale_after_s=60).__enter__()
+    write_holder(tmp_path, other_host(slurm_job=None), age_s=120)
+    with DirectoryLock(tmp_path, stale_after_s=60):
+        pass
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    write_holder(tmp_path, other_host(slurm_job="4242"))
+    with DirectoryLock(tmp_path):
+        pass
+    write_holder(tmp_path, other_host(slurm_job="999"))
+    with pytest.raises(UserError, match="SLURM job 999"):
+        DirectoryLock(tmp_path).__enter__()
+
+
+def test_the_holder_refreshes_its_heartbeat(tmp_path: Path) -> None:
+    with DirectoryLock(tmp_path, heartbeat_s=0.05):
+        path = tmp_path / LOCK_FILE
+        past = time.time() - 1000
+        os.utime(path, (past, past))
+        time.sleep(0.3)
+        assert time.time() - path.stat().st_mtime < 5
+
+
+HOLD = """
+import sys, time
+from layerwise.runs.lock import DirectoryLock
+with DirectoryLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_holder_killed_with_sigkill_leaves_a_lock_that_is_taken_over(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=f"pid {holder.pid}"):
+        DirectoryLock(tmp_path).__enter__()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (tmp_path / LOCK_FILE).exists()
+    with DirectoryLock(tmp_path):
+        pass
