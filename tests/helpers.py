@@ -5,6 +5,7 @@ Imported as `helpers` (tests/ is on pytest's python path); fixtures stay in conf
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,20 @@ def write_token_dir(directory: Path, splits: dict[str, np.ndarray], vocab: int) 
     follows).
     """
     directory.mkdir(parents=True, exist_ok=True)
+    hashes = {}
     for name, tokens in splits.items():
-        tokens.astype(token_dtype(vocab)).tofile(directory / f"{name}.bin")
+        data = tokens.astype(token_dtype(vocab)).tobytes()
+        (directory / f"{name}.bin").write_bytes(data)
+        hashes[name] = hashlib.sha256(data).hexdigest()
     meta = new_meta(
         directory,
         "test-tokens",
         "0" * 64,
         vocab,
         0,
-        splits={name: SplitMeta(f"{name}.bin", len(t), 1) for name, t in splits.items()},
+        splits={
+            name: SplitMeta(f"{name}.bin", len(t), 1, hashes[name]) for name, t in splits.items()
+        },
         val_target_tokens=len(splits.get("val", ())),
         inputs=(InputInfo("test", 0, "0" * 64),),
     )

@@ -4,6 +4,7 @@ refusing to mix runs of other settings into one comparison."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PNG_MAGIC, TINY_COMPARE
+from helpers import MARKOV_VOCAB, PNG_MAGIC, TINY_COMPARE, markov_tokens, write_token_dir
 from layerwise.cli import main
 from layerwise.compare.cells import plan_cells
 from layerwise.compare.run import make_plan, prepare
@@ -377,3 +378,35 @@ def test_a_comparison_in_use_is_refused_before_any_training(
         assert main(["compare", str(config), "--profiles", "isotropic", "--out", str(out)]) == 2
     assert f"comparison {out} is in use by pid {os.getpid()}" in capsys.readouterr().err
     assert not any(p.is_dir() for p in out.iterdir()), "no cell was started"
+
+
+@pytest.mark.parametrize("change", ["tokens", "tokenizer"])
+def test_a_comparison_refuses_to_mix_runs_of_other_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str
+) -> None:
+    """Issue 21.2: data re-prepared at the same path (other tokens, or another tokenizer of the
+    same size) used to count the old cells as finished and compare them with new ones."""
+    data = tmp_path / "data"
+    splits = {"train": markov_tokens(4000, 0), "val": markov_tokens(600, 1)}
+    write_token_dir(data, splits, MARKOV_VOCAB)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_COMPARE.replace("data:\n", f"data:\n  dir: {data}\n", 1))
+    out = tmp_path / "cmp"
+    assert main(short_comparison(config, out, "--profiles", "isotropic")) == 0
+    if change == "tokens":
+        write_token_dir(data, {**splits, "train": markov_tokens(4000, 7)}, MARKOV_VOCAB)
+        expected = "data split train: 4,000 tokens, sha256"
+    else:
+        meta = json.loads((data / "meta.json").read_text())
+        meta["tokenizer"]["sha256"] = "f" * 64
+        (data / "meta.json").write_text(json.dumps(meta))
+        expected = "data tokenizer: test-tokens (sha256 000000000000) -> test-tokens (sha256 ffff"
+    capsys.readouterr()
+    both = short_comparison(config, out, "--profiles", "isotropic,crown")
+    assert main(both) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "isotropic seed 0" in err and expected in err
+    assert not (out / "crown").exists(), "nothing was trained"
+    assert main([*both, "--rerun-changed"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "isotropic seed 0: settings changed (data" in printed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import itertools
 import json
 import os
@@ -434,3 +435,16 @@ def test_val_tokens_flag_reads_budgets_like_50m() -> None:
     assert parse(build_parser(), [*argv, "--val-tokens", "0"]).val_tokens == 0
     with pytest.raises(SystemExit):
         parse(build_parser(), [*argv, "--val-tokens", "lots"])
+
+
+@pytest.mark.parametrize("val_tokens", [0, 2000])
+def test_meta_records_the_sha256_of_each_token_file(
+    tmp_path: Path, enwiki_docs: list[str], val_tokens: int
+) -> None:
+    """The identity of the data, hashed while the files are written, is what runs record."""
+    source = write_jsonl(tmp_path / "wiki.jsonl", [{"text": t} for t in enwiki_docs[:20]])
+    out = tmp_path / "out"
+    meta = prepare([source], str(GPT2_DIR), out, val_tokens=val_tokens, workers=1).meta
+    for name, split in meta.splits.items():
+        assert split.sha256 == hashlib.sha256((out / split.file).read_bytes()).hexdigest(), name
+    assert read_meta(out) == meta

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, tiny_run_config
+from helpers import CONFIGS, MARKOV_VOCAB, markov_tokens, tiny_run_config, write_token_dir
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import load_config
 from layerwise.launch import train
@@ -235,3 +235,22 @@ def test_kill_9_during_the_first_save_resumes_from_step_0_like_an_uninterrupted_
 
 def markov_data_of(finished: Path) -> Path:
     return Path(load_config(finished / "tiny.yaml").data.dir)
+
+
+def test_resume_on_changed_data_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run continued on other tokens would mix two data sets in one run, in silence."""
+    data = tmp_path / "data"
+    splits = {"train": markov_tokens(4000, 0), "val": markov_tokens(600, 1)}
+    write_token_dir(data, splits, MARKOV_VOCAB)
+    config = tiny_run_config(
+        tmp_path / "tiny.yaml", data, tmp_path / "run", {"train": {"steps": 4}}
+    )
+    assert cli_main(["train", str(config)]) == 0
+    write_token_dir(data, {**splits, "val": markov_tokens(600, 9)}, MARKOV_VOCAB)
+    capsys.readouterr()
+    assert cli_main(["train", str(config), "--resume", "train.steps=8"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "its data changed since it was trained (split val: 600 tokens, sha256" in err
+    assert list_checkpoints(tmp_path / "run")[-1][0] == 4

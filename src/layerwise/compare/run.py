@@ -52,6 +52,7 @@ from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, RunSummary
 from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import config_shape, with_data_vocab
 from layerwise.training.checkpoint import list_checkpoints
+from layerwise.training.resume import recorded_data_differences
 from layerwise.util.errors import UserError
 
 OnRun = Callable[[int, int, Cell, str], None]
@@ -262,7 +263,7 @@ def changed_settings(run: PlannedRun) -> tuple[str, ...]:
         return tuple(
             f"{key}: {setting(old, key)!r} -> {setting(planned, key)!r}"
             for key in experiment_differences(old, planned)
-        )
+        ) + tuple(f"data {line}" for line in recorded_data_differences(run_dir, planned))
     if (run_dir / SUMMARY_FILE).exists():
         old_hash = RunSummary.load(run_dir / SUMMARY_FILE).config_hash
         if old_hash != config_hash(planned):

@@ -33,6 +33,12 @@ class SplitMeta:
     file: str
     tokens: int
     documents: int
+    sha256: str | None = None
+    """Of the token file, computed while it was written; None in data prepared before it was."""
+
+    def describe(self) -> str:
+        content = f"sha256 {self.sha256[:12]}" if self.sha256 else "no sha256 recorded"
+        return f"{self.tokens:,} tokens, {content}"
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,12 @@ def meta_to_json(meta: TokenMeta) -> str:
         },
         "dtype": meta.dtype,
         "splits": {
-            name: {"file": split.file, "tokens": split.tokens, "documents": split.documents}
+            name: {
+                "file": split.file,
+                "tokens": split.tokens,
+                "documents": split.documents,
+                **({"sha256": split.sha256} if split.sha256 else {}),
+            }
             for name, split in meta.splits.items()
         },
         "seed": meta.seed,
@@ -136,7 +147,12 @@ def _meta_from_document(document: dict, data_dir: Path) -> TokenMeta:
     if dtype not in ("uint16", "uint32"):
         raise ValueError(f"dtype {dtype!r}")
     splits = {
-        name: SplitMeta(str(s["file"]), _count(s["tokens"]), _count(s["documents"]))
+        name: SplitMeta(
+            str(s["file"]),
+            _count(s["tokens"]),
+            _count(s["documents"]),
+            None if s.get("sha256") is None else str(s["sha256"]),
+        )
         for name, s in document["splits"].items()
     }
     return TokenMeta(
@@ -165,6 +181,34 @@ def _count(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"expected a non-negative integer, got {value!r}")
     return value
+
+
+def data_differences(recorded: TokenMeta, current: TokenMeta) -> list[str]:
+    """How the data a run recorded differs from a data directory now, one line each (empty:
+    the same tokens, as far as the records can tell).
+
+    The tokenizer is compared by its sha256 and each split by its token file's sha256 (by its
+    token count where either record predates the hash). A run that has seen none of our
+    tokens (an imported checkpoint: no splits recorded) is compared by its tokenizer alone.
+    """
+    differences = []
+    if recorded.tokenizer_sha256 != current.tokenizer_sha256:
+        differences.append(
+            f"tokenizer: {recorded.tokenizer} (sha256 {recorded.tokenizer_sha256[:12]}) -> "
+            f"{current.tokenizer} (sha256 {current.tokenizer_sha256[:12]})"
+        )
+    if not recorded.splits:
+        return differences
+    for name in sorted(set(recorded.splits) | set(current.splits)):
+        old, new = recorded.splits.get(name), current.splits.get(name)
+        if old is None or new is None:
+            differences.append(f"split {name}: {'present' if old else 'absent'} -> "
+                               f"{'present' if new else 'absent'}")  # fmt: skip
+            continue
+        hashed = old.sha256 is not None and new.sha256 is not None
+        if old.tokens != new.tokens or (hashed and old.sha256 != new.sha256):
+            differences.append(f"split {name}: {old.describe()} -> {new.describe()}")
+    return differences
 
 
 def check_vocab_fits(meta: TokenMeta, model_vocab_size: int) -> None:

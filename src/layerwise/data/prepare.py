@@ -10,6 +10,7 @@ like the output is always complete. Which files are read is decided in `layerwis
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import multiprocessing
 import os
@@ -475,7 +476,7 @@ def _prepare_into(
         raise UserError(f"no documents found in the inputs ({_describe_sources(sources)})")
     target = _val_target(int(doc_lengths.sum()), options.val_tokens, options.val_fraction)
     is_val = choose_validation(doc_lengths, target, options.seed)
-    split_tokens = _split_out_validation(work_dir, dtype, doc_lengths, is_val)
+    train_split, val_split = _split_out_validation(work_dir, dtype, doc_lengths, is_val)
     return new_meta(
         work_dir,
         loaded.identity,
@@ -483,8 +484,8 @@ def _prepare_into(
         loaded.vocab_size,
         loaded.eos_id,
         splits={
-            "train": SplitMeta("train.bin", split_tokens[0], int((~is_val).sum())),
-            "val": SplitMeta("val.bin", split_tokens[1], int(is_val.sum())),
+            "train": train_split,
+            "val": val_split,
         },
         seed=options.seed,
         val_target_tokens=target,
@@ -588,35 +589,47 @@ def choose_validation(doc_lengths: np.ndarray, target_tokens: int, seed: int) ->
 
 def _split_out_validation(
     work_dir: Path, dtype: np.dtype, doc_lengths: np.ndarray, is_val: np.ndarray
-) -> tuple[int, int]:
-    """Move validation documents from train.bin to val.bin, compacting train.bin in place.
+) -> tuple[SplitMeta, SplitMeta]:
+    """Move validation documents from train.bin to val.bin, compacting train.bin in place, and
+    describe both files, each with the sha256 of its bytes taken as they are written.
 
     In place (writes never overtake reads) so the disk holds the corpus once; a chunk of
-    documents at a time so memory stays bounded. Returns (train tokens, val tokens).
+    documents at a time so memory stays bounded.
     """
     train_path, val_path = work_dir / "train.bin", work_dir / "val.bin"
     offsets = np.concatenate(([0], np.cumsum(doc_lengths)))
     total = int(offsets[-1])
-    val_path.touch()
-    if not is_val.any():
-        return total, 0
-    first = int(np.argmax(is_val))
-    starts = np.arange(int(offsets[first]), total, _SPLIT_CHUNK_TOKENS)
-    bounds = np.unique(np.concatenate((np.searchsorted(offsets, starts), [doc_lengths.size])))
-    tokens = np.memmap(train_path, dtype=dtype, mode="r+", shape=(total,))
+    train_hash, val_hash = hashlib.sha256(), hashlib.sha256()
+    first = int(np.argmax(is_val)) if is_val.any() else doc_lengths.size
+    tokens = np.memmap(train_path, dtype=dtype, mode="r+", shape=(total,)) if total else None
     write = int(offsets[first])
+    for start in range(0, write, _SPLIT_CHUNK_TOKENS):  # the untouched head: hashed as it is
+        assert tokens is not None
+        train_hash.update(tokens[start : min(write, start + _SPLIT_CHUNK_TOKENS)].tobytes())
     with val_path.open("wb") as val_file:
-        for lo, hi in pairwise(bounds):
-            chunk = np.array(tokens[offsets[lo] : offsets[hi]])
-            mask = np.repeat(is_val[lo:hi], doc_lengths[lo:hi])
-            val_file.write(chunk[mask].tobytes())
-            kept = chunk[~mask]
-            tokens[write : write + kept.size] = kept
-            write += kept.size
-    tokens.flush()
-    del tokens
+        if first < doc_lengths.size:
+            assert tokens is not None
+            starts = np.arange(write, total, _SPLIT_CHUNK_TOKENS)
+            bounds = np.searchsorted(offsets, starts)
+            bounds = np.unique(np.concatenate((bounds, [doc_lengths.size])))
+            for lo, hi in pairwise(bounds):
+                chunk = np.array(tokens[offsets[lo] : offsets[hi]])
+                mask = np.repeat(is_val[lo:hi], doc_lengths[lo:hi])
+                held_out = chunk[mask].tobytes()
+                val_file.write(held_out)
+                val_hash.update(held_out)
+                kept = chunk[~mask]
+                tokens[write : write + kept.size] = kept
+                train_hash.update(kept.tobytes())
+                write += kept.size
+    if tokens is not None:
+        tokens.flush()
+        del tokens
     os.truncate(train_path, write * dtype.itemsize)
-    return write, total - write
+    return (
+        SplitMeta("train.bin", write, int((~is_val).sum()), train_hash.hexdigest()),
+        SplitMeta("val.bin", total - write, int(is_val.sum()), val_hash.hexdigest()),
+    )
 
 
 def _replace_dir(work_dir: Path, out_dir: Path) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from layerwise.config.loader import experiment_differences, load_config
 from layerwise.config.schema import Config, OptimConfig, total_steps
-from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from layerwise.data.meta import META_FILE, data_differences, read_meta
+from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR
 from layerwise.runs.lock import is_vacant
 from layerwise.training.checkpoint import CHECKPOINT_DIR, choose_checkpoint, list_checkpoints
 from layerwise.training.optim import lr_at
@@ -103,6 +104,13 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
             f"{', '.join(changed)}; resume with the same settings (only the run's length may "
             "change), or start a new run in another run.dir"
         )
+    data = recorded_data_differences(run_dir, config)
+    if data:
+        raise UserError(
+            f"cannot resume {run_dir}: its data changed since it was trained "
+            f"({'; '.join(data)}); resume with the data it was trained on ({config.data.dir} "
+            "as it was), or start a new run in another run.dir"
+        )
     old, new = total_steps(saved), total_steps(config)
     choice = choose_checkpoint(run_dir, schedule_check(config.optim, old, new))
     notes = [f"skipped {path.name}: {reason}" for path, reason in choice.skipped]
@@ -131,6 +139,14 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
         notes += set_aside_later(run_dir, choice.step)
     notes.append(f"resuming {run_dir} from step {choice.step:,} ({choice.path.name})")
     return ResumePoint(choice.path, choice.step, notes)
+
+
+def recorded_data_differences(run_dir: Path, config: Config) -> list[str]:
+    """How `config`'s data differs from the data the run in `run_dir` recorded (its
+    tokenizer/meta.json); nothing for a run that recorded none."""
+    if not (run_dir / TOKENIZER_DIR / META_FILE).is_file():
+        return []
+    return data_differences(read_meta(run_dir / TOKENIZER_DIR), read_meta(config.data.dir))
 
 
 def grouped(skipped: list[tuple[Path, str]]) -> str:
