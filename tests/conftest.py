@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,26 @@ def tiny_run(tmp_path: Path, markov_data: Path) -> Callable[..., Path]:
         return tiny_run_config(tmp_path / "tiny.yaml", markov_data, tmp_path / "run", changes)
 
     return write
+
+
+@pytest.fixture()
+def tiny_filesystem(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`tiny_filesystem("1M")`: a real filesystem (tmpfs) of that size, so writers meet a full
+    disk as they would in use; the test is skipped where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"small{len(mounted)}"
+        point.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]
+        done = subprocess.run(command, capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", "-l", str(point)], check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,25 @@ def test_bad_input_is_named(
     export_run(run, tmp_path / "hf")
     with pytest.raises(UserError, match="change the checkpoint's shape"):
         import_hf(tmp_path / "hf", tmp_path / "r", overrides=["model.d_model=64"])
+
+
+def test_every_exported_file_gets_the_same_permissions(
+    exported: tuple[str, Transformer, Path, Any],
+) -> None:
+    """safetensors writes its file 0600; an export is shared like any other output."""
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (exported[2] / "hf").iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_a_full_disk_during_export_is_a_message_and_leaves_nothing(
+    tmp_path: Path,
+    tokenizer_file: Path,
+    tiny_filesystem: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
+    out = tiny_filesystem("64k") / "hf"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "could not write the export" in err and "Traceback" not in err
+    assert list(out.parent.iterdir()) == []

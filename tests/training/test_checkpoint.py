@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from helpers import tiny_run_config
+from layerwise.cli import main as cli_main
 from layerwise.distributed.env import DistInfo
 from layerwise.nn.model import Transformer
 from layerwise.profiles.shape import LayerSpec, ModelShape
@@ -146,3 +150,23 @@ def test_protected_checkpoints_survive_pruning(tmp_path: Path) -> None:
     assert choice.step == 20 and [(p.name, why) for p, why in choice.skipped] == [
         ("step_000040", "too late")
     ]
+
+
+def test_a_full_disk_during_a_save_is_a_message_and_keeps_the_last_checkpoint(
+    tmp_path: Path,
+    markov_data: Path,
+    tiny_filesystem: Callable[[str], Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21.6: DCP's CheckpointException (a BaseException) came out as a traceback and left
+    step_N.tmp behind."""
+    run_dir = tiny_filesystem("1M") / "run"
+    changes = {"checkpoint": {"interval": 1, "keep": 100}}
+    config = tiny_run_config(tmp_path / "tiny.yaml", markov_data, run_dir, changes)
+    assert cli_main(["train", str(config), "train.steps=200"]) == 2
+    err = capsys.readouterr().err
+    assert "could not save checkpoint" in err and "Traceback" not in err
+    assert "No space left on device" in err or "no space left" in err
+    assert not list((run_dir / CHECKPOINT_DIR).glob("*.tmp"))
+    saved = list_checkpoints(run_dir)
+    assert saved and verify_checkpoint(saved[-1][1]) is None

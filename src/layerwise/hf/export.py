@@ -28,6 +28,7 @@ from layerwise.runs.files import TOKENIZER_DIR
 from layerwise.training.build import block_options
 from layerwise.training.load import load_model
 from layerwise.util.errors import UserError
+from layerwise.util.files import default_file_mode, write_failure
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WEIGHTS_FILE = "model.safetensors"
@@ -97,6 +98,14 @@ def export_run(
         write_json(tmp / "tokenizer_config.json", tokenizer_config(tokenizer, eos_id, config))
         if not is_isotropic(trained.shape):
             shutil.copyfile(Path(__file__).with_name(MODELING_FILE), tmp / MODELING_FILE)
+        (tmp / WEIGHTS_FILE).chmod(default_file_mode())  # safetensors writes it 0600
+    except Exception as exc:
+        cause = write_failure(exc, tmp)  # before removing the partial export frees its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write the export to {tmp}: {cause}; free disk space or choose another "
+            "--out (nothing was written)"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -41,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from layerwise.distributed.env import DistInfo, barrier
 from layerwise.util.errors import UserError
-from layerwise.util.files import atomic_write_json, fsync_dir
+from layerwise.util.files import atomic_write_json, fsync_dir, write_failure
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_FILE = "trainer.json"
@@ -224,29 +225,29 @@ def save_checkpoint(
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             fsync_dir(root)
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's exception is a BaseException
+        cause = _cause(exc, root)  # before the partial save is removed and frees its space
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         kept = f"; {previous.name} is intact" if previous else ""
         raise UserError(
-            f"could not save checkpoint {final}: {_cause(exc)}. Free disk space or make {root} "
+            f"could not save checkpoint {final}: {cause}. Free disk space or make {root} "
             f"writable, then continue with --resume{kept}"
-        ) from exc
+        ) from None
     if dist.is_main:
         _prune(run_dir, keep, protect)
     barrier()
     return final
 
 
-def _cause(exc: BaseException) -> str:
-    """The innermost OS error behind `exc` (DCP wraps them), else `exc` itself, in one line."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            where = f" ({seen.filename})" if seen.filename else ""
-            return f"{seen.strerror}{where}"
-        seen = seen.__cause__ or seen.__context__
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _cause(exc: BaseException, where: Path | None = None) -> str:
+    """What went wrong, in one line; DCP wraps each rank's error in a CheckpointException."""
+    nested = (
+        [failure for failure, _ in exc.failures.values()]
+        if isinstance(exc, CheckpointException)
+        else []
+    )
+    return write_failure(exc, where, nested)
 
 
 @contextlib.contextmanager
@@ -276,7 +277,7 @@ def load_model_weights(path: Path, model: nn.Module) -> None:
     try:
         with _quiet_single_process():
             dcp.load({"model": state}, checkpoint_id=path)
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
         raise UserError(
             f"checkpoint {path} could not be loaded into this model ({_cause(exc)}); was it "
             "written by another config?"
@@ -305,7 +306,7 @@ def load_checkpoint(
     try:
         with _quiet_single_process():
             dcp.load(bundle, checkpoint_id=path)
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
         raise UserError(
             f"checkpoint {path} could not be loaded into this model ({_cause(exc)}); was it "
             "written by another config?"
