@@ -191,8 +191,8 @@ def test_batch_and_length_in_tokens(tmp_path: Path) -> None:
         load_config(
             path, ["data.seq_len=100", "batch.global_batch=null", "batch.global_batch_tokens=2048"]
         )
-    with pytest.raises(UserError, match=r"exactly one of batch\.global_batch"):
-        load_config(path, ["batch.global_batch_tokens=2048"])
+    replaced = load_config(path, ["batch.global_batch_tokens=8192"])  # the later word
+    assert replaced.batch.global_batch is None and batch_plan(replaced, 1).global_batch == 8
     with pytest.raises(UserError, match=r"exactly one of train\.steps"):
         load_config(path, ["train.steps=null"])
     with pytest.raises(UserError, match=r"target_params or model\.match"):
@@ -225,8 +225,34 @@ def test_warmup_as_a_fraction_scales_with_the_run() -> None:
     short = load_config(CONFIGS / "tiny-crown.yaml", ["train.steps=10"])
     assert warmup_steps(short.optim, total_steps(short)) == 1
     assert warmup_steps(load_config(CONFIGS / "tiny-crown.yaml").optim, 300) == 30
+
+
+def test_the_command_line_is_the_later_word_for_keys_that_say_one_thing_two_ways(
+    tmp_path: Path,
+) -> None:
+    """Issue 21: an override of warmup_steps on a config that gives warmup_fraction (every
+    tiny preset) used to be refused; it replaces the file's choice, as a file replaces what it
+    inherits. One layer giving both is still refused."""
+    steps = load_config(CONFIGS / "tiny-crown.yaml", ["optim.warmup_steps=5"])
+    assert steps.optim.warmup_fraction is None and warmup_steps(steps.optim, 300) == 5
+    tokens = load_config(CONFIGS / "tiny-crown.yaml", ["train.tokens=100k"])
+    assert tokens.train.steps is None and tokens.train.tokens == 100_000
+    child = write(
+        tmp_path / "child.yaml",
+        f"inherit: {CONFIGS / 'tiny-crown.yaml'}\noptim:\n  warmup_steps: 7\n",
+    )
+    assert load_config(child).optim.warmup_steps == 7
     with pytest.raises(UserError, match="not both"):
-        load_config(CONFIGS / "tiny-crown.yaml", ["optim.warmup_steps=5"])
+        load_config(
+            CONFIGS / "tiny-crown.yaml", ["optim.warmup_steps=5", "optim.warmup_fraction=0.1"]
+        )
+    both = write(
+        tmp_path / "both.yaml", MINIMAL + "optim:\n  warmup_steps: 5\n  warmup_fraction: 0.1\n"
+    )
+    with pytest.raises(
+        UserError, match=rf"{both}: give optim.warmup_steps or optim.warmup_fraction"
+    ):
+        load_config(both)
 
 
 def test_experiment_keys_are_decided_per_field() -> None:

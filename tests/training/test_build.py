@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,3 +153,14 @@ def test_callback_state_survives_kill_9_and_resume(config_file: Path, tmp_path: 
     resumed = [line for line in lines if line["step"] > killed_at][-(40 - killed_at) :]
     assert [line["step"] for line in resumed] == list(range(killed_at + 1, 41))
     assert [line["seen"] for line in resumed] == list(range(killed_at + 1, 41))
+
+
+def test_load_model_says_when_it_passes_over_a_damaged_newest_checkpoint(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: `eval` used to score an older checkpoint without a word."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    (copy / "checkpoints" / "step_000012" / "manifest.json").unlink()
+    assert load_model(copy).step == 8
+    assert f"{copy}: skipped step_000012: no manifest.json" in capsys.readouterr().err

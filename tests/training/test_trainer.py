@@ -162,11 +162,23 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(step, "forward_backward", diverging)
     config = tiny_config(config_file)
-    with pytest.raises(NonFiniteLoss, match="step 7"):
+    with pytest.raises(NonFiniteLoss, match="step 7") as diverged:
         train(config)
     run_dir = Path(config.run.dir)
     assert [step for step, _ in list_checkpoints(run_dir)] == [4]
     assert losses(run_dir)[-1][0] == 6
+    assert f"{run_dir / 'checkpoints' / 'step_000004'} is the last good checkpoint" in str(
+        diverged.value
+    )
+
+
+def test_a_divergence_before_any_checkpoint_says_there_is_none(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = step.forward_backward
+    monkeypatch.setattr(step, "forward_backward", lambda *a, **k: real(*a, **k) * float("nan"))
+    with pytest.raises(NonFiniteLoss, match=r"step 1: .*\(no checkpoint was saved yet\)"):
+        train(tiny_config(config_file))
 
 
 def test_resume_after_sigkill_reproduces_the_uninterrupted_losses_exactly(

@@ -40,9 +40,48 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     values, sources = _load_file(Path(path), ())
     for text in overrides:
         section, key, value = parse_override(text)
-        values.setdefault(section, {})[key] = value
-        sources[f"{section}.{key}"] = f"override {text!r}"
+        _set_later(values, sources, section, key, value, f"{OVERRIDE} {text!r}")
     return config_from_dict(values, sources, default_source=str(path))
+
+
+OVERRIDE = "override"
+"""How `sources` names a key set on the command line."""
+
+ALTERNATIVES = (
+    ("model.target_params", "model.match"),
+    ("batch.global_batch", "batch.global_batch_tokens"),
+    ("train.steps", "train.tokens"),
+    ("optim.warmup_steps", "optim.warmup_fraction"),
+)
+"""Pairs of keys that say one thing two ways: a later source that sets one replaces the other as
+an earlier source gave it (an override over the file, a file over what it inherits)."""
+
+
+def _set_later(
+    values: dict[str, dict],
+    sources: dict[str, str],
+    section: str,
+    key: str,
+    value: Any,
+    source: str,
+) -> None:
+    """Set `section.key` from `source`, which comes after the sources already in `values`, and
+    drop its alternative where an earlier layer set that; one layer giving both stays an error."""
+    dotted = f"{section}.{key}"
+    values.setdefault(section, {})[key] = value
+    sources[dotted] = source
+    for pair in ALTERNATIVES:
+        if dotted not in pair:
+            continue
+        other = pair[1 - pair.index(dotted)]
+        other_section, other_key = other.split(".")
+        earlier = sources.get(other, source)
+        same_layer = earlier == source or (
+            earlier.startswith(OVERRIDE) and source.startswith(OVERRIDE)
+        )
+        if other_key in values.get(other_section, {}) and not same_layer:
+            del values[other_section][other_key]
+            del sources[other]
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -85,8 +124,7 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, dict], di
             )
         for key, value in body.items():
             _check_key(section, str(key), str(path))
-            values.setdefault(section, {})[str(key)] = value
-            sources[f"{section}.{key}"] = str(path)
+            _set_later(values, sources, section, str(key), value, str(path))
     return values, sources
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,13 +90,23 @@ def write_run_files(run_dir: Path, config_yaml: str, tokenizer: Mapping[str, Pat
 
 
 def read_records(path: Path) -> list[dict]:
-    """The complete records of a metrics log; a torn last line (from a kill) is left out."""
+    """The complete records of a metrics log. A torn last line (from a kill) is left out
+    quietly; a damaged line elsewhere is left out too, but said on stderr with its number,
+    since no kill makes one."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    records, damaged = [], []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if number < len(lines):
+                damaged.append(number)
+    if damaged:
+        listed = ", ".join(str(n) for n in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        print(
+            f"layerwise: {path}: {len(damaged)} damaged line(s) left out (line {listed})",
+            file=sys.stderr,
+        )
     return records

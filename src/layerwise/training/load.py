@@ -3,6 +3,7 @@ and `init.from` (a run's, or a Hugging Face directory's, weights as a new run's 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,13 @@ def load_model(
         raise UserError(f"{run_dir} holds no {CONFIG_FILE}: is it a run directory?")
     config = load_config(run_dir / CONFIG_FILE)
     choice = choose_checkpoint(run_dir, lambda found: None if step in (None, found) else "other")
+    damaged = [f"{path.name}: {why}" for path, why in choice.skipped if why != "other"]
     if choice.path is None:
-        damaged = [f"{path.name}: {why}" for path, why in choice.skipped if why != "other"]
         wanted = "no checkpoint" if step is None else f"no checkpoint of step {step}"
         detail = f" that verifies ({'; '.join(damaged)})" if damaged else ""
         raise UserError(f"{run_dir} has {wanted}{detail}; train it first (or pick another step)")
+    for note in damaged:  # a newer checkpoint passed over: say which step is used instead
+        print(f"layerwise: {run_dir}: skipped {note}; using {choice.path.name}", file=sys.stderr)
     vocab_size = config.model.vocab_size
     assert vocab_size is not None, "a run directory's config has its vocabulary resolved"
     shape, _ = config_shape(config, vocab_size)

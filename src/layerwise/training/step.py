@@ -101,8 +101,8 @@ def train_step(
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(
             f"training diverged at step {step}: loss {mean_loss}, gradient norm {grad_norm}. The "
-            "update was not applied and the latest checkpoint is the last good one; lower "
-            "optim.lr or raise optim.warmup_steps, then start a new run"
+            "update was not applied; lower optim.lr or raise optim.warmup_steps, then start a "
+            "new run"
         )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

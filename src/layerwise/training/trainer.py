@@ -66,7 +66,12 @@ from layerwise.training.callbacks.metrics_log import MetricsLog
 from layerwise.training.callbacks.progress import ProgressDisplay
 from layerwise.training.callbacks.throughput import ThroughputMeter
 from layerwise.training.callbacks.validation import Validation
-from layerwise.training.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from layerwise.training.checkpoint import (
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from layerwise.training.load import init_from
 from layerwise.training.metrics import (
     MfuBasis,
@@ -78,7 +83,7 @@ from layerwise.training.metrics import (
 )
 from layerwise.training.optim import branch_steps, build_optimizer, lr_at
 from layerwise.training.resume import ResumePoint, prepare_run_dir
-from layerwise.training.step import evaluate, train_step
+from layerwise.training.step import NonFiniteLoss, evaluate, train_step
 from layerwise.util.errors import UserError
 from layerwise.util.files import atomic_write_json
 
@@ -343,17 +348,24 @@ class Trainer:
         run, state = self.run, self.state
         started = time.perf_counter()
         lr = lr_at(state.step, run.steps, run.config.optim)
-        result = train_step(
-            run.model,
-            run.optimizer,
-            run.batches.next(),
-            run.plan,
-            step=state.step + 1,
-            lr=lr,
-            grad_clip=run.config.optim.grad_clip,
-            dtype=run.dtype,
-            stop_requested=signals.requested,
-        )
+        try:
+            result = train_step(
+                run.model,
+                run.optimizer,
+                run.batches.next(),
+                run.plan,
+                step=state.step + 1,
+                lr=lr,
+                grad_clip=run.config.optim.grad_clip,
+                dtype=run.dtype,
+                stop_requested=signals.requested,
+            )
+        except NonFiniteLoss as exc:
+            saved = latest_checkpoint(run.run_dir)
+            good = (
+                f"{saved} is the last good checkpoint" if saved else "no checkpoint was saved yet"
+            )
+            raise NonFiniteLoss(f"{exc} ({good})") from None
         seconds = time.perf_counter() - started
         self.stop_signal_received = result.stop
         state.step += 1
