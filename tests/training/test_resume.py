@@ -254,3 +254,20 @@ def test_resume_on_changed_data_is_refused(
     err = " ".join(capsys.readouterr().err.split())
     assert "its data changed since it was trained (split val: 600 tokens, sha256" in err
     assert list_checkpoints(tmp_path / "run")[-1][0] == 4
+
+
+def test_resuming_a_copied_run_acts_on_the_copy(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: `train COPY/config.yaml --resume` used to act on the original (its config.yaml
+    records the original's absolute run.dir)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run / "run", copy)
+    shutil.rmtree(copy / CHECKPOINT_DIR / "step_000012")  # the copy stopped at step 8
+    (copy / "summary.json").unlink()
+    original = (finished_run / "run" / "metrics.jsonl").read_bytes()
+    assert cli_main(["train", str(copy / "config.yaml"), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"acting on {copy}" in err and "from step 8" in err
+    assert (finished_run / "run" / "metrics.jsonl").read_bytes() == original
+    assert train_losses(copy) == train_losses(finished_run / "run")

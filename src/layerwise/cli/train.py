@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
     from layerwise.config.loader import load_config
     from layerwise.distributed.env import shutdown
     from layerwise.launch import train
+    from layerwise.training.resume import moved_run_dir
     from layerwise.training.trainer import RunInterrupted
 
     if args.config is None or "=" in args.config:
@@ -60,6 +63,14 @@ def run_train(args: argparse.Namespace) -> int:
         *(["run.overwrite=true"] if args.overwrite else []),
     ]
     config = load_config(args.config, overrides)
+    moved = moved_run_dir(Path(args.config), config)
+    if moved is not None and not any(o.startswith("run.dir=") for o in args.overrides):
+        print(
+            f"layerwise: {args.config} is the config of the run in {moved}, copied or moved from "
+            f"{config.run.dir}: acting on {moved} (give run.dir=... to choose)",
+            file=sys.stderr,
+        )
+        config = replace(config, run=replace(config.run, dir=str(moved)))
     try:
         summary = train(config)
     except RunInterrupted as exc:

@@ -62,6 +62,16 @@ def prepare_run_dir(run_dir: Path, config: Config) -> ResumePoint:
     return resume(run_dir, config)
 
 
+def moved_run_dir(config_file: Path, config: Config) -> Path | None:
+    """The run directory `config_file` sits in, when it is a run's own config.yaml whose
+    run.dir names another directory: the run was copied or moved, and its recorded (absolute)
+    run.dir would act on the original."""
+    parent = config_file.parent
+    if config_file.name != CONFIG_FILE or not holds_run(parent):
+        return None
+    return None if Path(config.run.dir).resolve() == parent.resolve() else parent
+
+
 def clear_run(run_dir: Path) -> list[str]:
     """Remove an earlier run's files; refuse a directory that holds something else."""
     if not run_dir.exists():
