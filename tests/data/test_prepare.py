@@ -260,7 +260,8 @@ def test_parquet_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
-    """An empty directory or an earlier output is replaced whole, and only with --overwrite."""
+    """An empty directory or an earlier output is replaced whole, and only with --overwrite;
+    a file someone added to the earlier output is named, and kept (issue 21)."""
     source = tmp_path / "doc.txt"
     source.write_text("some text")
     out = tmp_path / "out"
@@ -271,9 +272,11 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     (out / "stale.bin").write_bytes(b"old")
     with pytest.raises(UserError, match=r"already exists.*--overwrite"):
         prepare([source], str(GPT2_DIR), out, val_tokens=0)
-    assert (out / "stale.bin").exists()
+    with pytest.raises(UserError, match=r"but also what it did not write: stale\.bin; "):
+        prepare([source], str(GPT2_DIR), out, val_tokens=0, overwrite=True)
+    assert (out / "stale.bin").read_bytes() == b"old"
+    (out / "stale.bin").unlink()
     prepare([source], str(GPT2_DIR), out, val_tokens=0, overwrite=True)
-    assert not (out / "stale.bin").exists()
     assert read_meta(out).splits["train"].documents == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.txt", "out"]
 

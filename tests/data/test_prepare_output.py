@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import layerwise.data.prepare as data
-from helpers import SHARED
+from helpers import SHARED, write_token_dir
 from layerwise.cli import main
 from layerwise.data.meta import read_meta
 from layerwise.data.prepare import prepare
@@ -47,36 +48,101 @@ def no_reading(*args: object) -> None:
     raise AssertionError("the inputs were read before the output directory was checked")
 
 
+EARLIER = "<an earlier output>"  # a layout entry: write_token_dir's train.bin, val.bin, meta.json
+
+
+def make_layout(root: Path, layout: dict[str, str]) -> None:
+    """Files (a corpus, or the given text) and earlier `data prepare` outputs under root."""
+    for name, content in layout.items():
+        path = root / name
+        if content == EARLIER:
+            write_token_dir(path, {"train": np.arange(8), "val": np.arange(2)}, 61)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content:
+            path.write_text(content)
+        else:
+            write_corpus(path)
+
+
+FOREIGN_META = '{"format": "other-tool/3", "splits": {}}'
+
+
 @pytest.mark.parametrize(
-    ("layout", "inputs", "out", "message"),
+    ("layout", "inputs", "tokenizer", "out", "message"),
     [
-        ({"data/corpus.jsonl", "data/meta.json"}, ["data/corpus.jsonl"], "data", "lies inside"),
-        ({"data/raw/c.jsonl", "data/meta.json"}, ["data/raw"], "data", "lies inside"),
-        ({"c.jsonl", "meta.json"}, ["c.jsonl"], ".", "is (or contains) the current directory"),
-        ({"c.jsonl", "work/meta.json"}, ["c.jsonl"], "work/..", "the current directory"),
-        ({"c.jsonl", "notes/todo.txt"}, ["c.jsonl"], "notes", "holds no prepared data"),
+        ({"data/corpus.jsonl": "", "data/meta.json": ""}, ["data/corpus.jsonl"], None, "data",
+         "input data/corpus.jsonl lies inside"),
+        ({"data/raw/c.jsonl": "", "data/meta.json": ""}, ["data/raw"], None, "data",
+         "input data/raw/c.jsonl lies inside"),
+        ({"c.jsonl": "", "meta.json": ""}, ["c.jsonl"], None, ".",
+         "is (or contains) the current directory"),
+        ({"c.jsonl": "", "work/meta.json": ""}, ["c.jsonl"], None, "work/..",
+         "the current directory"),
+        ({"c.jsonl": "", "notes/todo.txt": ""}, ["c.jsonl"], None, "notes",
+         "holds no prepared data"),
+        # issue 21: a tokenizer inside OUT is an input too, file or GPT-2 directory
+        ({"c.jsonl": "", "data": EARLIER, "data/tokenizer.json": "{}"}, ["c.jsonl"],
+         "data/tokenizer.json", "data", "tokenizer data/tokenizer.json lies inside"),
+        ({"c.jsonl": "", "data": EARLIER, "data/gpt2/vocab.bpe": "", "data/gpt2/encoder.json": ""},
+         ["c.jsonl"], "data/gpt2", "data", "tokenizer data/gpt2 lies inside"),
+        # issue 21: a meta.json that `data prepare` did not write makes nothing a dataset
+        ({"c.jsonl": "", "configs/meta.json": "{}", "configs/a.yaml": "x: 1",
+          "configs/b.yaml": "y: 2"}, ["c.jsonl"], None, "configs",
+         "holds no prepared data (no meta.json written by `data prepare`; it holds a.yaml, "
+         "b.yaml, meta.json)"),
+        ({"c.jsonl": "", "configs/meta.json": FOREIGN_META, "configs/a.yaml": "x: 1"},
+         ["c.jsonl"], None, "configs", "holds no prepared data"),
+        ({"c.jsonl": "", "configs/meta.json": "not json", "configs/a.yaml": "x: 1"},
+         ["c.jsonl"], None, "configs", "holds no prepared data"),
+        # issue 21: what a user added to an earlier output is named, not deleted
+        ({"c.jsonl": "", "data": EARLIER, "data/notes.txt": "mine"}, ["c.jsonl"], None, "data",
+         "holds an earlier `data prepare` output but also what it did not write: notes.txt;"),
+        ({"c.jsonl": "", "data": EARLIER, "data/extra/run.log": "", "data/.hidden": "",
+          "data/z1": "", "data/z2": "", "data/z3": "", "data/z4": ""}, ["c.jsonl"], None,
+         "data", "did not write: .hidden, extra, z1, z2, z3 and 1 more;"),
     ],
-    ids=["input-inside-out", "out-holds-input-dir", "out-is-cwd", "out-is-cwd-dotdot", "not-ours"],
-)
+    ids=[
+        "input-inside-out", "out-holds-input-dir", "out-is-cwd", "out-is-cwd-dotdot", "not-ours",
+        "tokenizer-json-inside-out", "tokenizer-dir-inside-out", "meta-json-not-ours",
+        "meta-json-other-format", "meta-json-not-json", "user-file-in-earlier-output",
+        "user-files-and-dir-in-earlier-output",
+    ],
+)  # fmt: skip
 def test_overwrite_refuses_to_delete_what_it_did_not_write(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    layout: set[str],
+    layout: dict[str, str],
     inputs: list[str],
+    tokenizer: str | None,
     out: str,
     message: str,
 ) -> None:
-    """--overwrite replaces only an earlier output or an empty directory, checked up front."""
-    for name in layout:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        write_corpus(tmp_path / name)
+    """--overwrite replaces only an earlier output (meta.json of our format, and only the files
+    it wrote) or an empty directory, checked up front: before a tokenizer is loaded or an input
+    read, and before anything is deleted."""
+    make_layout(tmp_path, layout)
     before = listing(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data, "unique_sources", no_reading)
+    monkeypatch.setattr(data, "load_tokenizer", no_reading)
     with pytest.raises(UserError, match=re.escape(message)) as error:
-        prepare(inputs, str(GPT2_DIR), out, val_tokens=0, overwrite=True, workers=1)
+        prepare(inputs, tokenizer or str(GPT2_DIR), out, val_tokens=0, overwrite=True, workers=1)
     assert str(Path(os.path.normpath(out))) in str(error.value)
     assert listing(tmp_path) == before
+
+
+def test_overwrite_replaces_an_earlier_output_it_recognises(tmp_path: Path) -> None:
+    """What an earlier output may hold: meta.json of our format and the files it names (the
+    splits, the tokenizer), whatever their names, nothing else; it is replaced whole."""
+    source = write_corpus(tmp_path / "c.jsonl")
+    out = write_token_dir(tmp_path / "out", {"train": np.arange(8), "dev": np.arange(2)}, 61)
+    (out / "tokenizer.json").write_text("{}")
+    assert sorted(os.listdir(out)) == ["dev.bin", "meta.json", "tokenizer.json", "train.bin"]
+    prepare([source], str(GPT2_DIR), out, val_tokens=0, overwrite=True, workers=1)
+    assert sorted(os.listdir(out)) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
+    assert read_meta(out).splits["train"].documents == 6
+    assert sorted(os.listdir(tmp_path)) == ["c.jsonl", "out"]
 
 
 def test_cli_out_dot_overwrite_is_refused(
@@ -90,6 +156,30 @@ def test_cli_out_dot_overwrite_is_refused(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("layerwise: error: output . is (or contains) the current directory")
     assert listing(tmp_path) == ["c.jsonl"]
+
+
+def test_cli_overwrite_of_a_folder_with_a_foreign_meta_json_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reported case: a config folder holding some other tool's meta.json lost its 18
+    YAML files to `--overwrite`; now one line naming the folder and what is in it, exit 2."""
+    write_corpus(tmp_path / "c.jsonl")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "meta.json").write_text('{"name": "sweep"}')
+    for i in range(18):
+        (configs / f"run{i:02d}.yaml").write_text(f"seed: {i}\n")
+    before = listing(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["data", "prepare", "--input", "c.jsonl", "--tokenizer", str(GPT2_DIR)]
+    assert main([*argv, "--out", "configs", "--overwrite", "--workers", "1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(
+        "layerwise: error: output directory configs is not empty and holds no prepared data "
+        "(no meta.json written by `data prepare`; it holds meta.json, run00.yaml, run01.yaml, "
+        "run02.yaml, run03.yaml and 14 more)"
+    )
+    assert listing(tmp_path) == before
 
 
 class FullDiskFile(io.FileIO):
@@ -162,7 +252,8 @@ def test_full_disk_is_a_user_error_and_keeps_the_old_output(tmp_path: Path, work
     source = write_corpus(tmp_path / "c.jsonl", documents=40, words=2000)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "meta.json").write_text("{}")  # an earlier output, as far as --overwrite can tell
+    # an earlier output, as far as --overwrite can tell: our format marker, nothing else
+    (out / "meta.json").write_text('{"format": "layerwise-tokens/1"}')
     with pytest.raises(UserError) as error:
         prepare([source], str(GPT2_DIR), out, val_tokens=0, overwrite=True, workers=workers)
     message = str(error.value)

@@ -80,7 +80,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace DIR if it holds an earlier output (meta.json) or is empty",
+        help=(
+            "replace DIR if it is empty or holds an earlier `data prepare` output and nothing "
+            "else (other files are named, not deleted)"
+        ),
     )
     prep.add_argument(
         "--skip-bad",

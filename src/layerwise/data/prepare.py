@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import math
 import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,6 +39,7 @@ from tokenizers import Tokenizer
 from layerwise.data.inputs import Source, resolve_inputs, unique_sources
 from layerwise.data.meta import (
     META_FILE,
+    META_FORMAT,
     TOKENIZER_FILE,
     SplitMeta,
     TokenMeta,
@@ -44,7 +48,13 @@ from layerwise.data.meta import (
     token_dtype,
 )
 from layerwise.data.readers import ReadStats, read_documents
-from layerwise.data.tokenizer import LoadedTokenizer, bpe_vocab_size, load_tokenizer, train_bpe
+from layerwise.data.tokenizer import (
+    LoadedTokenizer,
+    bpe_vocab_size,
+    exit_with_parent,
+    load_tokenizer,
+    train_bpe_in_child,
+)
 from layerwise.util.errors import UserError
 
 DEFAULT_VAL_FRACTION = 0.005
@@ -52,6 +62,8 @@ DEFAULT_VAL_FRACTION = 0.005
 _BATCH_CHARS = 1 << 18  # ~256 KB of text per task: IPC is amortised, Ctrl-C stops quickly
 _IN_FLIGHT_PER_WORKER = 16  # slack: a descheduled worker holds up output, not the others
 _SPLIT_CHUNK_TOKENS = 1 << 24  # tokens per step when separating validation documents
+_OWN_FILES = frozenset({META_FILE, TOKENIZER_FILE, "train.bin", "val.bin"})
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
 
 
 # --- tokenizing ---------------------------------------------------------------------------
@@ -92,11 +104,12 @@ class _WorkerState:
 _WORKER: _WorkerState | None = None
 
 
-def _init_worker(tokenizer_file: str, eos_id: int, dtype: str) -> None:
+def _init_worker(tokenizer_file: str, eos_id: int, dtype: str, parent_pid: int) -> None:
     """Each worker tokenizes on one thread (the pool is the parallelism) and leaves Ctrl-C
     to the parent, which stops the pool and cleans up. SIGTERM ends a worker at once: it holds
     nothing to clean up, the parent terminates its workers that way, and a worker that ignored
-    it would outlive a parent that was killed.
+    it would outlive a parent that was killed. A parent killed by SIGKILL takes its workers
+    with it (`exit_with_parent`): they would otherwise wait on the task queue forever.
 
     The tokenizer comes as a file path, not its JSON: a spawned child that fails before reading
     all of its start-up arguments would otherwise block the parent on a full pipe forever.
@@ -104,6 +117,7 @@ def _init_worker(tokenizer_file: str, eos_id: int, dtype: str) -> None:
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_with_parent(parent_pid)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = _WorkerState(Tokenizer.from_file(tokenizer_file), eos_id, np.dtype(dtype))
 
@@ -143,7 +157,7 @@ def _encode_in_order(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
-        initargs=(str(tokenizer_file), loaded.eos_id, dtype.str),
+        initargs=(str(tokenizer_file), loaded.eos_id, dtype.str, os.getpid()),
     )
     pending: deque[tuple[Future[EncodedBatch], int]] = deque()
     try:
@@ -273,17 +287,20 @@ def prepare(
     `val_tokens` (or `val_fraction` of all tokens; default DEFAULT_VAL_FRACTION).
     `show_progress=None` shows the bar only when stderr is a terminal. Nothing is replaced but
     an earlier output (see `_check_out_dir`); repeated inputs are read once. SIGTERM raises
-    Terminated once the workers are stopped and the partial output is removed.
+    Terminated once the workers are stopped and the partial output is removed. What an earlier
+    run of OUT killed outright left is cleared first (`_clear_abandoned`).
     """
     started = time.perf_counter()
     out_dir = Path(os.path.normpath(Path(out).expanduser()))
     workers = default_workers() if workers is None else workers
+    trains_bpe = bpe_vocab_size(tokenizer) is not None
     _check_options(val_tokens, val_fraction, seed, workers)
-    _check_not_in_worker(workers)
+    _check_not_in_worker(workers, trains_bpe)
     sources = resolve_inputs(inputs)
     if not sources:
         raise UserError("no inputs given")
-    _check_out_dir(out_dir, overwrite, sources)
+    _clear_abandoned(out_dir)
+    _check_out_dir(out_dir, overwrite, sources, None if trains_bpe else tokenizer)
     named_or_size = _named_or_bpe_size(tokenizer)
     options = _PrepareOptions(val_tokens, val_fraction, text_field, seed, skip_bad, workers)
     enabled = sys.stderr.isatty() if show_progress is None else show_progress
@@ -379,27 +396,32 @@ def _check_options(
         raise UserError(f"--workers must be >= 1, got {workers}")
 
 
-def _check_not_in_worker(workers: int) -> None:
+def _check_not_in_worker(workers: int, trains_bpe: bool) -> None:
     """Fail fast where spawned workers would re-run the caller's script and deadlock.
 
-    Worker processes are spawned (fork is unsafe with the tokenizer's and torch's threads), and
-    spawning re-imports the main script: unguarded, that script calls prepare() again inside
-    each worker, which would start workers of its own.
+    Worker processes, and the process that trains bpe:N, are spawned (fork is unsafe with the
+    tokenizer's and torch's threads), and spawning re-imports the main script: unguarded, that
+    script calls prepare() again inside each child, which would start children of its own.
     """
     spawned_main = getattr(sys.modules.get("__mp_main__"), "__name__", "") == "__mp_main__"
-    if workers > 1 and spawned_main:
+    if (workers > 1 or trains_bpe) and spawned_main:
         raise UserError(
-            "prepare() with workers > 1 was called inside a child process; in a script, call it "
-            "under `if __name__ == '__main__':` (or pass workers=1)"
+            "prepare() with workers > 1 or a bpe:N tokenizer was called inside a child process; "
+            "in a script, call it under `if __name__ == '__main__':`"
         )
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool, sources: Sequence[Source]) -> None:
+def _check_out_dir(
+    out_dir: Path, overwrite: bool, sources: Sequence[Source], tokenizer: str | None
+) -> None:
     """Refuse an output whose replacement would delete anything but an earlier output.
 
-    Replacing OUT deletes it whole, so it must never hold an input or the current directory,
-    and --overwrite applies only to what `data prepare` wrote (it has a meta.json) or to an
-    empty directory, not to a folder of other files that happens to share the name.
+    Replacing OUT deletes it whole, so it must never hold an input (an --input file, the
+    `tokenizer` files) or the current directory, and --overwrite applies only to an empty
+    directory or to what `data prepare` wrote: a meta.json of its format (META_FORMAT) and the
+    files that and the usual names say are its own (`_earlier_output_files`), nothing else. A
+    folder of other files that happens to hold a meta.json, or a file a user put into an
+    earlier output, is not ours to delete: the message names it.
     """
     if not out_dir.exists():
         return
@@ -417,16 +439,67 @@ def _check_out_dir(out_dir: Path, overwrite: bool, sources: Sequence[Source]) ->
                 f"input {source.path} lies inside the output directory {out_dir}, which "
                 "replacing it would delete: give --out a directory outside the inputs"
             )
+    tokenizer_path = None if tokenizer is None else Path(tokenizer).expanduser()
+    if tokenizer_path is not None and tokenizer_path.resolve().is_relative_to(resolved):
+        raise UserError(
+            f"tokenizer {tokenizer} lies inside the output directory {out_dir}, which "
+            f"replacing it would delete: copy it out of {out_dir} first and give that copy, "
+            "or give --out another directory"
+        )
     if not overwrite:
         raise UserError(
             f"output directory {out_dir} already exists (pass --overwrite to replace it)"
         )
-    if not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
+    entries = sorted(entry.name for entry in out_dir.iterdir())
+    if not entries:
+        return
+    ours = _earlier_output_files(out_dir)
+    if ours is None:
         raise UserError(
             f"output directory {out_dir} is not empty and holds no prepared data (no "
-            f"{META_FILE}): --overwrite only replaces an earlier `data prepare` output; "
-            "choose another --out, or empty or remove that directory yourself"
+            f"{META_FILE} written by `data prepare`; it holds {_listed(entries)}): --overwrite "
+            "only replaces an earlier `data prepare` output; choose another --out, or empty or "
+            "remove that directory yourself"
         )
+    foreign = [name for name in entries if name not in ours or not _plain_file(out_dir / name)]
+    if foreign:
+        raise UserError(
+            f"output directory {out_dir} holds an earlier `data prepare` output but also what "
+            f"it did not write: {_listed(foreign)}; --overwrite replaces the directory whole, "
+            f"so move those out of {out_dir} first, or choose another --out"
+        )
+
+
+def _earlier_output_files(out_dir: Path) -> frozenset[str] | None:
+    """The names an earlier `data prepare` wrote into out_dir, or None when out_dir/meta.json
+    is not one it wrote (no META_FORMAT marker).
+
+    Read as plain JSON, not with read_meta: an output of an older or newer release, or a
+    meta.json damaged after its marker, is still ours to replace. Its own names are the usual
+    ones and the files meta.json names (split files, the tokenizer file).
+    """
+    path = out_dir / META_FILE
+    if not _plain_file(path):
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("format") != META_FORMAT:
+        return None
+    tokenizer, splits = document.get("tokenizer"), document.get("splits")
+    described = [tokenizer, *(splits.values() if isinstance(splits, dict) else ())]
+    named = {
+        entry["file"]
+        for entry in described
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str)
+    }
+    return _OWN_FILES | named
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file itself, not a link to one: we never write links."""
+    return path.is_file() and not path.is_symlink()
 
 
 @contextmanager
@@ -534,7 +607,7 @@ def _train_on_inputs(
             yield text
 
     texts = read_documents(sources, options.text_field, options.skip_bad, stats)
-    loaded = train_bpe(vocab_size, reported(texts))
+    loaded = train_bpe_in_child(vocab_size, reported(texts))
     if loaded.vocab_size < vocab_size:
         _warn(
             f"bpe:{vocab_size} asked for {vocab_size:,} ids but the inputs only support "
@@ -657,11 +730,84 @@ def _sibling_dir(out_dir: Path, role: str) -> Path:
     """A new hidden directory next to OUT: same file system, so the final rename is atomic.
 
     Made with mkdir (not mkdtemp) so the output gets the usual umask permissions, not 0700.
+    Its name, `.OUT.ROLE-HOST-PID-RANDOM`, says whose it is, so that once that process has
+    ended without removing it (SIGKILL, a power cut) a later prepare of OUT can
+    (`_clear_abandoned`).
     """
     while True:
-        candidate = out_dir.parent / f".{out_dir.name}.{role}-{secrets.token_hex(4)}"
+        owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+        candidate = out_dir.parent / f".{out_dir.name}.{role}-{owner}"
         try:
             candidate.mkdir()
         except FileExistsError:
             continue
         return candidate
+
+
+def _clear_abandoned(out_dir: Path) -> None:
+    """Remove the folders an earlier prepare of OUT was killed before it could remove.
+
+    Only folders named as `_sibling_dir` names them, for this OUT, made on this host by a
+    process that has ended: a prepare that still runs (here, or on another host sharing the
+    disk) keeps its folder. A folder of the older unnamed scheme (`.OUT.tmp-RANDOM`) cannot
+    be told from a running one's: it is named, and left. The one case where such a folder is
+    the user's data, an earlier output moved aside while OUT itself is missing (the kill came
+    between the two renames of `_replace_dir`), is put back as OUT rather than removed.
+    """
+    pattern = re.compile(
+        rf"\.{re.escape(out_dir.name)}\.(?P<role>tmp|old)-(?:(?P<host>.+)-(?P<pid>\d+)-)?"
+        r"[0-9a-f]{8}"
+    )
+    try:
+        entries = sorted(out_dir.parent.iterdir())
+    except OSError:
+        return
+    abandoned: list[tuple[str, Path]] = []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        if match["pid"] is None:
+            _warn(
+                f"left {entry} alone: a temporary folder of an earlier `data prepare` whose "
+                "process cannot be told; remove it yourself if no `data prepare` of this --out "
+                "still runs"
+            )
+        elif match["host"] == _HOST and _process_gone(int(match["pid"])):
+            abandoned.append((match["role"], entry))
+    for role, folder in sorted(abandoned):  # "old" first: its output may have to go back
+        moved = folder / out_dir.name
+        if role == "old" and moved.is_dir() and not os.path.lexists(out_dir):
+            try:
+                moved.rename(out_dir)
+            except OSError as exc:
+                _warn(
+                    f"an earlier `data prepare` was killed while replacing {out_dir}; the "
+                    f"earlier output is in {moved}, which could not be put back "
+                    f"({exc.strerror or exc}): move it yourself"
+                )
+                continue
+            _warn(
+                f"put back {out_dir}: an earlier `data prepare` was killed while replacing it "
+                f"and had moved it aside to {folder}"
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.path.lexists(folder):
+            _warn(f"could not remove {folder}, left by a killed `data prepare`: remove it")
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie has); False when that cannot be told."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False  # EPERM: it runs, as another user
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")

@@ -7,10 +7,18 @@ two token directories are only comparable when those match.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import multiprocessing
+import os
 import re
-from collections.abc import Iterable
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,6 +33,8 @@ GPT2_VOCAB_FILES = ("encoder.json", "vocab.json")
 GPT2_MERGES_FILES = ("vocab.bpe", "merges.txt")
 _BPE_SPEC = re.compile(r"bpe:(\d+)")
 _MIN_BPE_VOCAB = 257  # the 256 byte-level symbols plus the end-of-document token
+_SEND_CHARS = 1 << 18  # text per message to the training process: IPC amortised
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,136 @@ def train_bpe(vocab_size: int, texts: Iterable[str]) -> LoadedTokenizer:
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    serialised = tokenizer.to_str()
+    return _trained(tokenizer, tokenizer.to_str(), vocab_size)
+
+
+def train_bpe_in_child(vocab_size: int, texts: Iterable[str]) -> LoadedTokenizer:
+    """`train_bpe` in a child process, so that a signal stops the training within moments.
+
+    The trainer is native code that keeps the calling thread until it returns, a minute or more
+    on a large corpus, and Python runs signal handlers only after that: SIGTERM (a batch
+    scheduler's time limit, whose SIGKILL follows 30 s later) and Ctrl-C would wait for the
+    whole training. Here this process reads the texts and sends them over a pipe, and waits
+    for the result in a system call a signal interrupts; on any exception, the signal's
+    included, it kills the child (nothing there to clean up). The child ignores SIGINT and
+    SIGTERM, which a terminal or `scancel` send to every process of the job, so that this
+    process alone decides, and ends when this process does, even by SIGKILL
+    (`exit_with_parent`). Same texts, same trainer: the result equals `train_bpe`'s.
+
+    Spawned, not forked (forking a process that runs tokenizer and torch threads is unsafe), so
+    a script calling this must do it under `if __name__ == '__main__':`.
+    """
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(
+        target=_bpe_child,
+        args=(vocab_size, theirs, os.getpid()),
+        name="layerwise-bpe-trainer",
+        daemon=True,  # so that no exit path of ours can wait on it
+    )
+    try:
+        try:
+            child.start()
+        except OSError as exc:
+            raise UserError(
+                f"cannot start the process that trains bpe:{vocab_size} "
+                f"({exc.strerror or exc}): free some memory, or give a trained tokenizer "
+                "instead of bpe:N"
+            ) from exc
+        finally:
+            theirs.close()
+        serialised = _exchange(ours, texts)
+    except BaseException:
+        if child.pid is not None:
+            child.kill()
+        raise
+    finally:
+        if child.pid is not None:
+            child.join()
+        ours.close()
+    if serialised is None:
+        raise UserError(
+            f"the BPE training process stopped unexpectedly ({_how_it_ended(child.exitcode)}); "
+            "its own error, if any, is printed above"
+        )
+    return _trained(Tokenizer.from_str(serialised), serialised, vocab_size)
+
+
+def _exchange(connection: Connection, texts: Iterable[str]) -> str | None:
+    """Send the texts to the training process, then its result; None if it ended before."""
+    try:
+        for batch in _text_batches(texts):
+            connection.send(batch)
+        connection.send(None)
+        result: str = connection.recv()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return None
+    return result
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Make this child process end when its parent `parent_pid` does, even by SIGKILL.
+
+    A child the parent had no chance to stop would otherwise run on, orphaned, holding CPUs
+    and memory. On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG) when the thread
+    that started this process ends; elsewhere a daemon thread checks the parent's pid every
+    second. Either way, a parent gone already (before this ran) ends this process at once.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _bpe_child(vocab_size: int, connection: Connection, parent_pid: int) -> None:
+    """The training process: texts from the pipe until None, the trained JSON back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
+
+    def received() -> Iterator[str]:
+        while (batch := connection.recv()) is not None:
+            yield from batch
+
+    connection.send(train_bpe(vocab_size, received()).tokenizer.to_str())
+
+
+def _text_batches(texts: Iterable[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if chars >= _SEND_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _how_it_ended(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = ", perhaps out of memory" if exitcode == -signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit status {exitcode}"
+
+
+def _trained(tokenizer: Tokenizer, serialised: str, vocab_size: int) -> LoadedTokenizer:
+    """A trained BPE: its identity is the spec, its hash that of its JSON (`serialised`)."""
     return _wrap(tokenizer, f"bpe:{vocab_size}", _sha256_text(serialised), f"bpe:{vocab_size}")
 
 
