@@ -54,6 +54,7 @@ TORCH_FREE_MODULES = {
     "layerwise.evaluation.metrics",
     "layerwise.evaluation.report",
     "layerwise.search.space",
+    "layerwise.training.shape",
 }
 """Besides the torch-free packages: what `layerwise --help`, `profile`, `runs`, `report` and
 `data prepare` import, so they start fast and the data pipeline's workers stay light."""

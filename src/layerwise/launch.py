@@ -15,6 +15,7 @@ from layerwise.evaluation.callback import DownstreamEval
 from layerwise.runs.files import RunSummary
 from layerwise.training import trainer
 from layerwise.training.callbacks.base import Callback
+from layerwise.util.files import check_output
 
 
 def configured_callbacks(config: Config) -> list[Callback]:
@@ -31,6 +32,8 @@ def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
 
     `callbacks` join the built-in ones and those the config asks for, ordered by priority.
     Raises UserError for bad settings or data, NonFiniteLoss if training diverges (the last
-    good checkpoint stays) and RunInterrupted after a signal-triggered checkpoint.
+    good checkpoint stays) and RunInterrupted after a signal-triggered checkpoint; a run.dir
+    that cannot be written is a UserError before anything is built.
     """
+    check_output(config.run.dir, "run.dir", "directory")
     return trainer.train(config, [*configured_callbacks(config), *callbacks])

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from helpers import CONFIGS
 from layerwise.cli import main
+from layerwise.config.loader import load_config
+from layerwise.profiles.shape import flops_per_token, total_params
+from layerwise.training.shape import config_shape
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
@@ -103,7 +108,8 @@ def test_unwritable_output_is_a_message_naming_the_path(
     out = tmp_path / "locked" / "alloc.png"
     assert main(["profile", "plot", "paper-18l-crown", "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"cannot write {out.parent}: Permission denied" in err and "Traceback" not in err
+    assert f"-o {out}: cannot create files in {tmp_path} (Permission denied)" in err
+    assert "make it writable" in err and "Traceback" not in err
     assert not out.exists()
 
 
@@ -112,3 +118,59 @@ def test_sizes_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
         main(["profile", "show", "isotropic", "--seq-len", "0"])
     assert info.value.code == 2
     assert "--seq-len: 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_show_a_config_file_shows_the_shape_it_trains(
+    tiny_run: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tests' run: a 3-layer Crown model, its vocabulary from the data's meta.json."""
+    config = tiny_run()
+    expected, _ = config_shape(load_config(config), 64)  # the Markov data's 61 ids, rounded up
+    report = run_json(capsys, str(config))
+    assert [row["d_ffn"] for row in report["layers"]] == [layer.d_ffn for layer in expected.layers]
+    assert [row["n_heads"] for row in report["layers"]] == [
+        layer.n_heads for layer in expected.layers
+    ]
+    assert report["total_params"] == total_params(expected)
+    assert report["flops_per_token"] == flops_per_token(expected, 16)  # the config's seq_len
+    assert main(["profile", "show", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert config.name in out and f"{total_params(expected) / 1e6:.2f}M parameters" in out
+
+
+def test_show_a_config_of_the_repository_with_its_own_vocabulary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = CONFIGS / "paper-18l-crown.yaml"
+    expected, _ = config_shape(load_config(path), 50304)
+    assert run_json(capsys, str(path))["total_params"] == total_params(expected)
+
+
+def test_show_a_config_whose_vocabulary_is_unknown_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"inherit: {CONFIGS / 'tiny-crown.yaml'}\ndata:\n  dir: {tmp_path / 'nodata'}\n"
+    )
+    assert main(["profile", "show", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "model.vocab_size is null" in err and str(tmp_path / "nodata" / "meta.json") in err
+    assert str(config) in err and "Traceback" not in err
+
+
+def test_recipe_flags_do_not_apply_to_a_config_file(
+    tiny_run: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["profile", "show", str(tiny_run()), "--layers", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--layers" in err and "config" in err and "Traceback" not in err
+
+
+def test_a_missing_config_file_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere.yaml"
+    assert main(["profile", "show", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing} not found" in err and "unknown profile" not in err

@@ -79,6 +79,22 @@ def test_a_damaged_summary_names_the_file(
 
 
 @pytest.mark.parametrize(
+    ("key", "value"),
+    [("steps", "x"), ("params", "x"), ("final_val_loss", "x"), ("layers", "x"), ("seed", True)],
+)
+def test_a_summary_field_of_the_wrong_type_names_the_file_and_the_field(
+    comparison: Path, key: str, value: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    summary = comparison / "crown" / "seed1" / "summary.json"
+    fields = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**fields, key: value}))
+    assert main(["report", str(comparison)]) == 2
+    err = capsys.readouterr().err
+    assert f"{summary} is unreadable or not a run summary" in err and f"{key!r}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
     "content", [b"\xff\xfe binary \x00", b'{"type": "train", "step": 1}\n', b"[1, 2]\n", b""]
 )
 def test_an_unreadable_metrics_log_names_the_file(

@@ -17,12 +17,12 @@ import pytest
 from helpers import MARKOV_VOCAB, PNG_MAGIC, TINY_COMPARE, markov_tokens, write_token_dir
 from layerwise.cli import main
 from layerwise.compare.cells import plan_cells
-from layerwise.compare.run import make_plan, prepare
+from layerwise.compare.run import make_plan, prepare, setting
 from layerwise.config.loader import load_config
 from layerwise.profiles.shape import total_params
 from layerwise.runs.files import RunSummary, read_records
 from layerwise.runs.lock import DirectoryLock
-from layerwise.training.build import config_shape
+from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
 
 PROFILES = "isotropic,vanilla,crown"
@@ -344,6 +344,10 @@ def test_budgets_match_across_variants_within_half_a_percent(
         (["--variant", "3l:train.seed=3"], "set by the grid"),
         (["--variant", "3l:model.n_layer=3"], "did you mean 'n_layers'"),
         (["--variant", "3l:model.n_layers=3", "--match-variant", "9l"], "--match-variant"),
+        (
+            ["--variant", "3l:model.n_layers=3", "--variant", "3l:optim.lr=1e-3"],
+            "--variant 3l is given twice",
+        ),
     ],
 )
 def test_bad_variants_fail_before_training(
@@ -353,6 +357,39 @@ def test_bad_variants_fail_before_training(
     assert main(["compare", str(config), "--profiles", "isotropic", *flags, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--profiles", "isotropic,,crown"), ("--profiles", "crown,"), ("--seeds", "0,,1")],
+)
+def test_an_empty_name_in_a_list_is_refused(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), flag, value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {value!r} has an empty entry" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_fine_tuning_into_the_source_comparison_is_refused(
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "cmp"
+    steps = ["train.steps=2", "train.val_interval=2", "optim.warmup_steps=0"]
+    assert (
+        main(["compare", str(config), "--profiles", "isotropic", "--out", str(source), *steps]) == 0
+    )
+    before = (source / "isotropic" / "seed0" / "summary.json").read_bytes()
+    capsys.readouterr()
+    for out in (source, source / "isotropic"):
+        argv = ["compare", str(config), "--init-from", str(source), "--out", str(out), *steps]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and f"--init-from {source}" in err
+        assert "choose another --out" in err and "Traceback" not in err
+    assert (source / "isotropic" / "seed0" / "summary.json").read_bytes() == before
 
 
 def test_fine_tuning_transfer_starts_every_cell_from_its_source(
@@ -377,7 +414,7 @@ def test_a_comparison_in_use_is_refused_before_any_training(
     with DirectoryLock(out, "comparison"):
         assert main(["compare", str(config), "--profiles", "isotropic", "--out", str(out)]) == 2
     assert f"comparison {out} is in use by pid {os.getpid()}" in capsys.readouterr().err
-    assert not any(p.is_dir() for p in out.iterdir()), "no cell was started"
+    assert not out.exists(), "no cell was started, and the lock went with its directory"
 
 
 @pytest.mark.parametrize("change", ["tokens", "tokenizer"])
@@ -410,3 +447,38 @@ def test_a_comparison_refuses_to_mix_runs_of_other_data(
     assert main([*both, "--rerun-changed"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "isotropic seed 0: settings changed (data" in printed
+
+
+def test_settings_are_read_by_the_keys_users_write(config: Path) -> None:
+    """`init.from` is the field `from_`: naming it in a change used to be an AttributeError."""
+    loaded = load_config(config, ["init.from=runs/source"])
+    assert setting(loaded, "init.from") == "runs/source"
+    assert setting(loaded, "optim.lr") == loaded.optim.lr
+
+
+def test_sigterm_at_any_moment_stops_the_comparison_and_a_rerun_continues(
+    config: Path, tmp_path: Path
+) -> None:
+    """Issue 21.5: SIGTERM between or inside cells stops `compare` with 143 and a message; the
+    rerun finishes the comparison without retraining what was done."""
+    out = tmp_path / "cmp"
+    command = [
+        sys.executable,
+        "-m",
+        "layerwise",
+        *short_comparison(config, out, "--profiles", PROFILES),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    first = out / "isotropic" / "seed0" / "summary.json"
+    deadline = time.monotonic() + 120
+    while not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM received" in err and "Traceback" not in err
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    assert "isotropic seed 0: finished earlier, skipped" in " ".join(done.stdout.split())
+    assert all((out / p / "seed0" / "summary.json").exists() for p in PROFILES.split(","))

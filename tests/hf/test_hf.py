@@ -10,25 +10,26 @@ from typing import Any
 import pytest
 import torch
 
+from layerwise.cli import main
+from layerwise.config.loader import config_from_dict, load_config
+from layerwise.data.tokenizer import load_tokenizer, train_bpe
+from layerwise.distributed.env import DistInfo
+from layerwise.hf.export import export_run
+from layerwise.hf.generate import generate
+from layerwise.hf.importer import import_hf, write_imported_run_files
+from layerwise.launch import train
+from layerwise.nn.model import Transformer
+from layerwise.training.build import block_options
+from layerwise.training.callbacks.base import Callback
+from layerwise.training.checkpoint import TrainerState, save_checkpoint
+from layerwise.training.load import load_model
+from layerwise.training.optim import build_optimizer
+from layerwise.training.shape import config_shape
+from layerwise.training.trainer import Trainer
+from layerwise.util.errors import UserError
+
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-
-from layerwise.cli import main  # noqa: E402
-from layerwise.config.loader import config_from_dict, load_config  # noqa: E402
-from layerwise.data.tokenizer import load_tokenizer, train_bpe  # noqa: E402
-from layerwise.distributed.env import DistInfo  # noqa: E402
-from layerwise.hf.export import export_run  # noqa: E402
-from layerwise.hf.generate import generate  # noqa: E402
-from layerwise.hf.importer import import_hf, write_imported_run_files  # noqa: E402
-from layerwise.launch import train  # noqa: E402
-from layerwise.nn.model import Transformer  # noqa: E402
-from layerwise.training.build import block_options, config_shape  # noqa: E402
-from layerwise.training.callbacks.base import Callback  # noqa: E402
-from layerwise.training.checkpoint import TrainerState, save_checkpoint  # noqa: E402
-from layerwise.training.load import load_model  # noqa: E402
-from layerwise.training.optim import build_optimizer  # noqa: E402
-from layerwise.training.trainer import Trainer  # noqa: E402
-from layerwise.util.errors import UserError  # noqa: E402
 
 CPU = torch.device("cpu")
 BASE = {"n_layers": 3, "head_dim": 8, "gqa_group": 2, "ffn_divisor": 16, "vocab_size": 320}

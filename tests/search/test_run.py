@@ -4,6 +4,7 @@ the messages for bad input. Trials are 18 steps with rungs at 2, 6 and 18 steps.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 from helpers import markov_tokens, write_token_dir
 from layerwise.cli import main as cli_main
 from layerwise.runs.files import read_records
+from layerwise.search import objective
 from layerwise.search.fidelity import check_fidelity
+from layerwise.search.objective import TrialInterrupted
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.run import SearchResult, run_search
 from layerwise.search.space import SearchSpace, baseline_params
@@ -23,6 +26,7 @@ from layerwise.search.study import open_study
 from layerwise.training.callbacks.base import Callback, StepRecord, TrainerView
 from layerwise.training.trainer import RunInterrupted
 from layerwise.util.errors import UserError
+from layerwise.util.signals import sigterm_raises
 
 pytestmark = pytest.mark.slow
 
@@ -181,6 +185,35 @@ def test_the_cli_continues_a_finished_study_without_training(
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_search_after_an_interrupted_fidelity_check_reports_it_unfinished(
+    searched: tuple[Path, Path, SearchResult], damaged: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interrupted --check-fidelity leaves the shapes done so far and no correlations; the
+    report says so (a later --check-fidelity finishes it), and a file that is not JSON at all is
+    named with the fix."""
+    config, out, _ = searched
+    partial = {
+        "short_steps": 18,
+        "long_steps": 54,
+        "shapes": {"isotropic": {"short": 4, "long": 3}},
+    }
+    fidelity = out / "fidelity.json"
+    fidelity.write_text("{not json" if damaged else json.dumps(partial))
+    try:
+        code = cli_main(["search", str(config), "--out", str(out), "--trials", "8"])
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if damaged:
+            assert code == 2 and str(fidelity) in err and "--check-fidelity" in err
+        else:
+            assert code == 0
+            report = (out / "report.md").read_text()
+            assert "unfinished" in report and "after 1 shape(s)" in report
+    finally:
+        fidelity.unlink()
+
+
 def test_fidelity_check_reports_rank_correlation(tmp_path: Path, markov_data: Path) -> None:
     plan = SearchPlan(str(write_config(tmp_path, markov_data)), trial_steps=4, rungs=1)
     result = check_fidelity(plan, tmp_path, n_random=1, factor=2, seeds=2, seed=0, say=print)
@@ -199,3 +232,31 @@ def test_confirm_retrains_the_found_shape_beside_the_baselines(
     results = list(csv.DictReader((out / "confirm" / "results.csv").open()))
     assert {r["profile"] for r in results} == {*BASELINES, "found-1"}
     assert "found-1" in capsys.readouterr().out
+
+
+def test_a_sigterm_between_rungs_fails_the_trial_so_the_next_start_runs_it_again(
+    tmp_path: Path, markov_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21.5: a SIGTERM between rungs used to end the search with no message and leave the
+    trial RUNNING for good."""
+    plan = SearchPlan(str(write_config(tmp_path, markov_data)))
+    out = tmp_path / "out"
+    real, calls = objective.train, []
+
+    def sigterm_after_the_third_run(config, callbacks=()):  # type: ignore[no-untyped-def]
+        summary = real(config, callbacks)
+        calls.append(config.run.dir)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return summary
+
+    monkeypatch.setattr(objective, "train", sigterm_after_the_third_run)
+    with sigterm_raises(), pytest.raises(TrialInterrupted, match="SIGTERM received between"):
+        run_search(plan, out, 6, sampler="random", seed=0, say=print)
+    failed = [t for t in trials_of(out) if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "error" not in failed[0].user_attrs
+    monkeypatch.undo()
+    run_search(plan, out, 6, sampler="random", seed=0, say=print)
+    trials = trials_of(out)
+    assert any(t.user_attrs.get("resume_of") == failed[0].number for t in trials)
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]

@@ -15,9 +15,10 @@ from layerwise.config.loader import config_from_dict, load_config
 from layerwise.config.schema import Config, batch_plan
 from layerwise.distributed.parallelize import checkpoint_blocks, transformer_blocks
 from layerwise.profiles.shape import total_params
-from layerwise.training.build import build_model, config_shape
+from layerwise.training.build import build_model
 from layerwise.training.optim import build_optimizer
 from layerwise.training.plan import estimate_memory, plan_run, render_plan
+from layerwise.training.shape import config_shape
 from layerwise.training.step import train_step
 from layerwise.util.errors import UserError
 from layerwise.util.units import parse_memory

@@ -26,10 +26,11 @@ from layerwise.launch import train
 from layerwise.profiles.shape import total_params
 from layerwise.runs.files import read_records
 from layerwise.training import step
-from layerwise.training.build import config_shape, resolve_vocab_size, with_data_vocab
+from layerwise.training.build import with_data_vocab
 from layerwise.training.callbacks.base import Callback, TrainerView
 from layerwise.training.checkpoint import list_checkpoints
 from layerwise.training.metrics import CPU_MFU_NOTE, mfu_basis, peak_tflops
+from layerwise.training.shape import config_shape, resolve_vocab_size
 from layerwise.training.step import NonFiniteLoss, evaluate
 from layerwise.training.trainer import RunInterrupted, setup_run
 from layerwise.util.errors import UserError

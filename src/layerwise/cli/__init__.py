@@ -7,11 +7,14 @@ sets `func`, a callable taking the parsed namespace and returning an exit status
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
+import math
+import signal
 import sys
 
 from layerwise.util.errors import UserError
+from layerwise.util.files import WRITE_ERRORS
+from layerwise.util.signals import Terminated, sigterm_raises
 
 COMMAND_MODULES = (
     "profile",
@@ -32,16 +35,6 @@ COMMAND_MODULES = (
 )
 
 
-WRITE_ERRORS = {
-    errno.EACCES: "make it writable or choose another output path",
-    errno.EPERM: "make it writable or choose another output path",
-    errno.EROFS: "the file system is read-only; choose another output path",
-    errno.ENOSPC: "the disk is full; free space or choose another output path",
-    errno.EDQUOT: "the disk quota is exceeded; free space or choose another output path",
-}
-"""Errors from writing outputs that are the user's to fix, not bugs: a message, not a trace."""
-
-
 def write_error_message(exc: OSError) -> str:
     """Which path failed, why, and what to do; the outputs already written stay whole because
     every writer writes to a temporary file and renames it."""
@@ -58,6 +51,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for rates, speeds and sizes: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number above 0")
     return value
 
 
@@ -92,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse(parser, argv)
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM between a command's runs (cells, rungs) stops it as cleanly as Ctrl-C does
+        with sigterm_raises("stopped; rerun the same command to continue"):
+            return int(args.func(args) or 0)
+    except Terminated as exc:
+        print(f"layerwise: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except UserError as exc:
         print(f"layerwise: error: {exc}", file=sys.stderr)
         return 2
@@ -101,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"layerwise: error: {write_error_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("layerwise: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a search's trial stopped by a signal
+        print(f"layerwise: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

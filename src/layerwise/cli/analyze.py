@@ -63,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from layerwise.analysis.outputs import MARKDOWN_FILE
     from layerwise.compare.cells import MANIFEST_FILE
     from layerwise.util.errors import UserError
+    from layerwise.util.files import check_output
 
+    if args.out is not None:
+        check_output(args.out, "--out", "directory")
     if args.cka_tokens < 4:
         raise UserError(f"--cka-tokens must be at least 4, got {args.cka_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -105,12 +106,21 @@ def plan_from_args(args: argparse.Namespace) -> ComparisonPlan:
         parse_seeds,
     )
     from layerwise.util.errors import UserError
+    from layerwise.util.files import check_output
 
+    out = check_output(args.out, "--out", "directory")
     if args.init_from is not None:
         grid = [flag for flag, value in GRID_FLAGS.items() if getattr(args, value)]
         if grid:
             raise UserError(
                 f"--init-from takes the grid from {args.init_from}; drop {', '.join(grid)}"
+            )
+        source, target = Path(args.init_from).resolve(), out.resolve()
+        if target == source or source in target.parents:
+            where = "is" if target == source else "is inside"
+            raise UserError(
+                f"--out {args.out} {where} --init-from {args.init_from}: the fine-tuned runs "
+                "would be written over the runs they start from; choose another --out"
             )
         return make_fine_tune_plan(args.init_from, args.config, args.out, args.overrides)
     variants = None if not args.variant else collect_variants(args.variant, None)

@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from layerwise.data.inputs import PYTHON_DOCS
-from layerwise.data.prepare import DEFAULT_VAL_FRACTION, PrepareResult, Terminated, prepare
+from layerwise.data.prepare import DEFAULT_VAL_FRACTION, PrepareResult, prepare
 from layerwise.util.errors import UserError
+from layerwise.util.signals import Terminated
 from layerwise.util.units import parse_count
 
 

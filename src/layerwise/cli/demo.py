@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.console import Console
 
 from layerwise.cli.compare import execute
+from layerwise.util.files import check_output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         prepare_demo_data,
     )
 
-    out = Path(args.out)
+    out = check_output(args.out, "--out", "directory")
     check_overrides(out, tuple(args.overrides))
     console = Console()
     console.print(f"[bold]layerwise demo[/bold]: five profiles, tiny models, CPU; in {args.out}/")

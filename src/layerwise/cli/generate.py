@@ -24,7 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="RUN_DIR|HF_DIR")
     parser.add_argument("--prompt", required=True)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        help="default: 64, or fewer where the model's context ends sooner after the prompt",
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
@@ -60,10 +64,11 @@ def load_source(source: str) -> tuple[Transformer, Tokenizer, int]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from layerwise.hf.generate import Sampling, generate
+    from layerwise.hf.generate import Sampling, generate, new_tokens_that_fit
 
     model, tokenizer, eos_id = load_source(args.source)
     prompt_ids = tokenizer.encode(args.prompt).ids
+    max_new_tokens = new_tokens_that_fit(model, len(prompt_ids), args.max_new_tokens)
     sampling = Sampling(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -75,7 +80,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if stream is not None:
         print(args.prompt, end="", flush=True)
     on_token = None if stream is None else stream.add
-    ids = generate(model, [prompt_ids], args.max_new_tokens, sampling, eos_id, on_token)[0]
+    ids = generate(model, [prompt_ids], max_new_tokens, sampling, eos_id, on_token)[0]
     text = tokenizer.decode(ids)
     if args.json:
         print(json.dumps({"prompt_ids": prompt_ids, "ids": ids, "text": text}))

@@ -7,7 +7,7 @@ import argparse
 from rich.console import Console
 from rich.markup import escape
 
-from layerwise.cli import positive_int
+from layerwise.cli import positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--peak-tflops",
-        type=float,
+        type=positive_float,
         help="dense bf16 peak per GPU (default: run.peak_tflops, else an H100's 989)",
     )
     parser.set_defaults(func=run)
@@ -39,11 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from layerwise.config.loader import load_config
-    from layerwise.training.build import config_shape, with_data_vocab
+    from layerwise.training.build import with_data_vocab
     from layerwise.training.plan import DEFAULT_PEAK_TFLOPS, plan_run, render_plan
+    from layerwise.training.shape import config_shape
     from layerwise.util.errors import UserError
     from layerwise.util.units import parse_memory
 
+    gpu_memory = parse_memory(args.gpu_memory)
     config = load_config(args.config, args.overrides)
     if config.model.vocab_size is None:
         try:
@@ -56,6 +58,6 @@ def run(args: argparse.Namespace) -> int:
     assert config.model.vocab_size is not None
     shape, _ = config_shape(config, config.model.vocab_size)
     peak = args.peak_tflops or config.run.peak_tflops or DEFAULT_PEAK_TFLOPS
-    plan = plan_run(config, shape, args.gpus, parse_memory(args.gpu_memory), args.mfu, peak)
+    plan = plan_run(config, shape, args.gpus, gpu_memory, args.mfu, peak)
     Console(width=200).print(escape(render_plan(plan)), highlight=False)
     return 0

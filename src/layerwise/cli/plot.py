@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from layerwise.runs.listing import plot_runs
+    from layerwise.util.files import check_output
 
+    if args.output is not None:
+        check_output(args.output, "-o", "file", example="curves.png")
     print(f"curves: {plot_runs(args.run_dirs, args.output)}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -21,6 +22,7 @@ from layerwise.profiles.shape import (
     total_params,
 )
 from layerwise.util.errors import UserError
+from layerwise.util.files import check_output
 from layerwise.util.units import parse_count
 
 
@@ -33,13 +35,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="per-layer table and totals",
         description="Print per-layer widths, parameters and FLOPs of a preset, a shape or a custom recipe.",
     )
-    show.add_argument("profile", nargs="?", help=f"preset ({', '.join(PRESETS)}) or shape name")
+    show.add_argument(
+        "profile",
+        nargs="?",
+        help=f"preset ({', '.join(PRESETS)}), shape name, or a config file (.yaml): the shape "
+        "that config trains",
+    )
     _add_recipe_flags(show)
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=run_show)
 
     plot = actions.add_parser("plot", help="parameter allocation figure (PNG)")
-    plot.add_argument("profiles", nargs="+", help="presets or shape names")
+    plot.add_argument("profiles", nargs="+", help="presets, shape names or config files")
     _add_recipe_flags(plot)
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
     plot.set_defaults(func=run_plot)
@@ -70,8 +77,29 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument("--match", help="preset or shape whose size to match")
     budget.add_argument("--match-by", choices=("params", "flops"), default="params")
     budget.add_argument(
-        "--seq-len", type=positive_int, default=1024, help="for FLOPs per token (default 1024)"
+        "--seq-len",
+        type=positive_int,
+        help=f"for FLOPs per token (default {DEFAULT_SEQ_LEN}, or a config file's data.seq_len)",
     )
+
+
+DEFAULT_SEQ_LEN = 1024
+RECIPE_FLAGS = {
+    "--layers": "n_layers",
+    "--d-model": "d_model",
+    "--head-dim": "head_dim",
+    "--gqa-group": "gqa_group",
+    "--ffn": "ffn",
+    "--qkv": "qkv",
+    "--frame/--no-frame": "frame",
+    "--ffn-divisor": "ffn_divisor",
+    "--vocab": "vocab_size",
+    "--tie-embeddings/--no-tie-embeddings": "tie_embeddings",
+    "--target-params": "target_params",
+    "--match": "match",
+}
+"""The flags that change a recipe or its budget, which a config file decides itself."""
+CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def _anchors(text: str, flag: str) -> tuple[float, ...]:
@@ -111,11 +139,46 @@ def spec_from_args(name: str | None, args: argparse.Namespace) -> ProfileSpec:
 
 def resolve_from_args(
     name: str | None, args: argparse.Namespace
-) -> tuple[ModelShape, BudgetResult | None]:
+) -> tuple[ModelShape, BudgetResult | None, int]:
+    """The shape, its budget result and the sequence length its FLOPs are counted at."""
+    if name is not None and name.endswith(CONFIG_SUFFIXES):
+        return config_file_shape(Path(name), args)
+    seq_len = args.seq_len or DEFAULT_SEQ_LEN
     target = parse_count(args.target_params) if args.target_params else None
-    return resolve_shape(
-        spec_from_args(name, args), target, args.match, args.match_by, args.seq_len
+    shape, budget = resolve_shape(
+        spec_from_args(name, args), target, args.match, args.match_by, seq_len
     )
+    return shape, budget, seq_len
+
+
+def config_file_shape(
+    path: Path, args: argparse.Namespace
+) -> tuple[ModelShape, BudgetResult | None, int]:
+    """The shape the config in `path` trains, exactly as `layerwise train` resolves it; its
+    vocabulary is model.vocab_size or, when that is null, the data's (DIR/meta.json)."""
+    from layerwise.config.loader import load_config
+    from layerwise.data.meta import META_FILE, read_meta
+    from layerwise.training.shape import config_shape, resolve_vocab_size
+
+    given = [flag for flag, key in RECIPE_FLAGS.items() if getattr(args, key) is not None]
+    if given:
+        raise UserError(
+            f"{', '.join(given)} cannot change the shape of config file {path}: the config "
+            "decides it; change the file, or name a preset or shape instead"
+        )
+    config = load_config(path)
+    vocab_size = config.model.vocab_size
+    if vocab_size is None:
+        meta = Path(config.data.dir) / META_FILE
+        if not meta.is_file():
+            raise UserError(
+                f"{path}: model.vocab_size is null (the data's vocabulary) and {meta} does not "
+                "exist; prepare the data with `layerwise data prepare`, or set model.vocab_size "
+                "in the config"
+            )
+        vocab_size = resolve_vocab_size(config.model, read_meta(config.data.dir))
+    shape, budget = config_shape(config, vocab_size)
+    return shape, budget, args.seq_len or config.data.seq_len
 
 
 def shape_report(shape: ModelShape, seq_len: int) -> dict[str, Any]:
@@ -146,8 +209,8 @@ def _budget_line(result: BudgetResult) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    shape, budget = resolve_from_args(args.profile, args)
-    report = shape_report(shape, args.seq_len)
+    shape, budget, seq_len = resolve_from_args(args.profile, args)
+    report = shape_report(shape, seq_len)
     if args.json:
         if budget is not None:
             report["budget"] = {
@@ -176,7 +239,7 @@ def run_show(args: argparse.Namespace) -> int:
     console.print(
         f"total {total / 1e6:.2f}M parameters ({report['non_embedding_params'] / 1e6:.2f}M without "
         f"embedding and LM head); {report['flops_per_token'] / 1e9:.3f} GFLOPs per token "
-        f"(training, seq {args.seq_len})"
+        f"(training, seq {seq_len})"
     )
     if budget is not None:
         console.print(_budget_line(budget))
@@ -186,6 +249,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     from layerwise.profiles.plot import plot_allocation
 
+    check_output(args.output, "-o", "file", example="allocation.png")
     shapes = {name: resolve_from_args(name, args)[0] for name in args.profiles}
     path = plot_allocation(shapes, args.output)
     print(f"wrote {path}")

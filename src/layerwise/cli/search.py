@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from layerwise.cli import positive_int
 from layerwise.util.errors import UserError
+from layerwise.util.files import check_output
 
 
 def float_pair(text: str) -> tuple[float, float]:
@@ -37,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="directory of the study's trials and report")
     parser.add_argument(
         "--trials",
-        type=int,
+        type=positive_int,
         default=30,
         help="finished trials the study should hold, baselines included (30)",
     )
@@ -46,7 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
     parser.add_argument("--pruner", choices=("sha", "hyperband", "none"), default="sha")
     parser.add_argument("--rungs", type=positive_int, default=3, help="fidelity levels (3)")
-    parser.add_argument("--eta", type=positive_int, default=3, help="rung length ratio (3)")
+    parser.add_argument(
+        "--eta", type=positive_int, default=3, help="rung length ratio, at least 2 (3)"
+    )
     parser.add_argument(
         "--trial-steps",
         type=positive_int,
@@ -109,8 +112,6 @@ def make_plan(args: argparse.Namespace):  # -> SearchPlan, typed loosely to keep
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("optuna") is None:
         raise UserError("layerwise search needs Optuna: pip install 'layerwise[search]'")
-    from pathlib import Path
-
     from layerwise.search.fidelity import check_fidelity
     from layerwise.search.plan import check_plan
     from layerwise.search.run import run_search
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     plan = make_plan(args)
-    out = Path(args.out)
+    out = check_output(args.out, "--out", "directory")
     try:
         if args.check_fidelity is not None:
             out.mkdir(parents=True, exist_ok=True)

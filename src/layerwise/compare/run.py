@@ -19,6 +19,7 @@ one parameter count. `--init-from` fine-tunes a finished comparison's runs cell 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -40,6 +41,7 @@ from layerwise.config.loader import (
     config_hash,
     config_to_dict,
     experiment_differences,
+    field_key,
     load_config,
     parse_override,
 )
@@ -50,9 +52,10 @@ from layerwise.profiles.recipes import PRESETS, SHAPES
 from layerwise.profiles.shape import total_params
 from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, RunSummary
 from layerwise.runs.lock import DirectoryLock
-from layerwise.training.build import config_shape, with_data_vocab
+from layerwise.training.build import with_data_vocab
 from layerwise.training.checkpoint import list_checkpoints
 from layerwise.training.resume import recorded_data_differences
+from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
 
 OnRun = Callable[[int, int, Cell, str], None]
@@ -91,9 +94,15 @@ class Change:
 
 
 def parse_list(text: str, what: str) -> tuple[str, ...]:
-    items = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not items:
+    """`a,b,c` -> ("a", "b", "c"); an empty entry (`a,,c`, a trailing comma) or one named twice
+    is refused rather than dropped or merged."""
+    items = tuple(part.strip() for part in text.split(","))
+    if not any(items):
         raise UserError(f"{what}: give a comma-separated list, e.g. isotropic,crown")
+    if not all(items):
+        raise UserError(
+            f"{what} {text!r} has an empty entry (two commas in a row, or one at an end); remove it"
+        )
     if len(set(items)) != len(items):
         raise UserError(f"{what} {text!r} names the same entry twice")
     return items
@@ -138,12 +147,19 @@ def parse_variant(text: str) -> tuple[str, tuple[str, ...]]:
 def collect_variants(
     flags: Sequence[str], from_config: Mapping[str, Mapping[str, Any]] | None
 ) -> dict[str, tuple[str, ...]]:
-    """The variants of `--variant` flags (a name given twice collects its overrides), else the
-    config's `compare.variants` block; the flags replace the block rather than mix with it."""
+    """The variants of `--variant` flags (a name given twice is refused: one flag holds all of a
+    variant's overrides), else the config's `compare.variants` block; the flags replace the
+    block rather than mix with it."""
     variants: dict[str, tuple[str, ...]] = {}
     for flag in flags:
         name, overrides = parse_variant(flag)
-        variants[name] = (*variants.get(name, ()), *overrides)
+        if name in variants:
+            raise UserError(
+                f"--variant {name} is given twice ({name}:{','.join(variants[name])} and {flag}); "
+                "give each variant once, with all its overrides comma-separated, e.g. "
+                f"--variant {name}:{','.join((*variants[name], *overrides))}"
+            )
+        variants[name] = overrides
     if variants or not from_config:
         return variants
     return {
@@ -248,8 +264,11 @@ def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun
 
 
 def setting(config: Config, key: str) -> object:
-    section, name = key.split(".")
-    return getattr(getattr(config, section), name)
+    """The value of `section.key` as users write the key (`init.from` is the field `from_`)."""
+    section_name, name = key.split(".")
+    section = getattr(config, section_name)
+    field = next(f for f in dataclasses.fields(section) if field_key(f) == name)
+    return getattr(section, field.name)
 
 
 def changed_settings(run: PlannedRun) -> tuple[str, ...]:

@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -56,6 +55,7 @@ from layerwise.data.tokenizer import (
     train_bpe_in_child,
 )
 from layerwise.util.errors import UserError
+from layerwise.util.signals import sigterm_raises
 
 DEFAULT_VAL_FRACTION = 0.005
 
@@ -304,7 +304,7 @@ def prepare(
     named_or_size = _named_or_bpe_size(tokenizer)
     options = _PrepareOptions(val_tokens, val_fraction, text_field, seed, skip_bad, workers)
     enabled = sys.stderr.isatty() if show_progress is None else show_progress
-    with _sigterm_raises(), _output_errors(out_dir):
+    with sigterm_raises("stopped, and removed the unfinished output"), _output_errors(out_dir):
         sources, input_infos, repeats = unique_sources(sources)
         if repeats:
             _warn(f"ignoring {len(repeats)} repeated input(s), read once: {_listed(repeats)}")
@@ -325,51 +325,6 @@ def prepare(
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
     return PrepareResult(meta, time.perf_counter() - started)
-
-
-class Terminated(SystemExit):
-    """SIGTERM (a batch scheduler's time limit, `kill`) stopped prepare() after its cleanup.
-
-    A SystemExit with status 128 + the signal number, so that when nobody catches it the
-    process ends as the signal's default action would have ended it, without a traceback, but
-    only after the workers are stopped and the temporary directory is removed.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        name = signal.Signals(self.signum).name
-        return f"{name} received: stopped, and removed the unfinished output"
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While prepare() runs, SIGTERM raises Terminated so the cleanup Ctrl-C gets runs for it too.
-
-    Only the default action is replaced (it would kill this process at once, leaving workers and
-    the temporary directory behind): a handler the caller installed, or SIG_IGN, is respected.
-    Handlers can only be installed from the main thread. Only the first signal raises, so that
-    a second one cannot abort the cleanup the first one started.
-    """
-    main_thread = threading.current_thread() is threading.main_thread()
-    if not main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    raised = False
-
-    def handle(signum: int, frame: object) -> None:
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise Terminated(signum)
-
-    signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _PrepareOptions(NamedTuple):

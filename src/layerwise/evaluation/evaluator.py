@@ -44,15 +44,23 @@ class PreparedTask:
     requests: list[Request]
 
 
-def tokenizer_in(directory: str | Path) -> LoadedTokenizer:
-    """The tokenizer.json of a data directory or of a run's `tokenizer/` copy of it."""
+def tokenizer_in(directory: str | Path, model_vocab: int | None = None) -> LoadedTokenizer:
+    """The tokenizer.json of a data directory or of a run's `tokenizer/` copy of it; with
+    `model_vocab`, refused if it has ids the model has no embedding for (another tokenizer)."""
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise UserError(
             f"{path} not found: the run's data had no tokenizer.json (token files made outside "
             "`layerwise data prepare`), so its model cannot be given text to score"
         )
-    return load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
+    if model_vocab is not None and tokenizer.vocab_size > model_vocab:
+        raise UserError(
+            f"{path} has {tokenizer.vocab_size:,} token ids but the model has a vocabulary of "
+            f"{model_vocab:,}: it is not the tokenizer the run was trained with; put the run's "
+            "own tokenizer.json back (the one in its data directory)"
+        )
+    return tokenizer
 
 
 def prepare_tasks(
@@ -137,7 +145,7 @@ def evaluate_run(
     prepared = prepare_tasks(
         tasks,
         evals_dir,
-        tokenizer_in(run_dir / TOKENIZER_DIR),
+        tokenizer_in(run_dir / TOKENIZER_DIR, trained.shape.vocab_size),
         trained.config.data.seq_len,
         limit,
         mmlu_split,

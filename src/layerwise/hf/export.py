@@ -28,7 +28,7 @@ from layerwise.runs.files import TOKENIZER_DIR
 from layerwise.training.build import block_options
 from layerwise.training.load import load_model
 from layerwise.util.errors import UserError
-from layerwise.util.files import default_file_mode, write_failure
+from layerwise.util.files import check_output, default_file_mode, write_failure
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WEIGHTS_FILE = "model.safetensors"
@@ -117,12 +117,10 @@ def export_run(
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuse to replace an existing directory unless asked, and never one that is not an
-    export (no config.json), so a typo cannot delete unrelated files."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file; choose a directory path")
-    if not any(out.iterdir()):
+    export (no config.json), so a typo cannot delete unrelated files; a path that cannot be
+    written (under a file, or on a file system that takes no new files) is refused first."""
+    check_output(out, "--out", "directory")
+    if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
         raise UserError(f"--out {out} already exists; pass --overwrite to replace it")

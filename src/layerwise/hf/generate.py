@@ -8,6 +8,7 @@ the padding and padded keys are masked, so a padded row decodes exactly as it wo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -31,15 +32,53 @@ class Sampling:
     vocab_limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UserError(f"--temperature {self.temperature} must be at least 0")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UserError(
+                f"--temperature {self.temperature} must be a finite number of at least 0 "
+                "(0 for greedy decoding)"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"--top-k {self.top_k} must be at least 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"--top-p {self.top_p} must be in (0, 1]")
+        filters = [
+            f"{flag} {value}"
+            for flag, value in (("--top-k", self.top_k), ("--top-p", self.top_p))
+            if value is not None
+        ]
+        if self.temperature == 0 and filters:
+            raise UserError(
+                f"{' and '.join(filters)} would have no effect at --temperature 0, which is greedy "
+                "decoding (always the most likely token); drop it, or sample with a temperature "
+                "above 0"
+            )
 
 
 GREEDY = Sampling(temperature=0.0)
+DEFAULT_NEW_TOKENS = 64
+"""New tokens `layerwise generate` asks for when not told, cut to what the context leaves."""
+
+
+def new_tokens_that_fit(model: Transformer, prompt_len: int, requested: int | None) -> int:
+    """`requested` new tokens after a prompt of `prompt_len`, or by default DEFAULT_NEW_TOKENS
+    cut to the room the model's context leaves; a UserError, before any work, when that room is
+    too small."""
+    context = model.options.max_seq_len
+    room = context - prompt_len
+    if requested is None and room < 1:
+        raise UserError(
+            f"the prompt ({prompt_len} tokens) fills the model's context of {context} tokens, "
+            "leaving no room for new tokens; shorten --prompt"
+        )
+    if requested is None:
+        return min(DEFAULT_NEW_TOKENS, room)
+    if requested > room:
+        raise UserError(
+            f"the prompt ({prompt_len} tokens) plus --max-new-tokens {requested} exceeds the "
+            f"model's context of {context} tokens; ask for at most {max(room, 0)} new tokens"
+            + ("" if room > 0 else " after a shorter --prompt")
+        )
+    return requested
 
 
 class KVCache:
@@ -127,13 +166,14 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
 def generate(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     sampling: Sampling = GREEDY,
     eos_id: int | None = None,
     on_token: Callable[[int], None] | None = None,
     use_cache: bool = True,
 ) -> list[list[int]]:
-    """New token ids for each prompt, up to `max_new_tokens`, each stopping after EOS.
+    """New token ids for each prompt, up to `max_new_tokens` (None: DEFAULT_NEW_TOKENS or
+    what fits in the context), each stopping after EOS.
 
     `on_token` hears each new id of the first row as it is drawn (streaming). `use_cache=False`
     recomputes the whole sequence every step with the model's own forward (the benchmark's
@@ -143,12 +183,8 @@ def generate(
     ids, valid = left_pad(prompts, pad_id=eos_id or 0)
     ids, valid = ids.to(device), valid.to(device)
     batch, prompt_len = ids.shape
+    max_new_tokens = new_tokens_that_fit(model, prompt_len, max_new_tokens)
     capacity = prompt_len + max_new_tokens
-    if capacity > model.options.max_seq_len:
-        raise UserError(
-            f"the prompt ({prompt_len} tokens) plus --max-new-tokens {max_new_tokens} exceeds the "
-            f"model's context of {model.options.max_seq_len} tokens"
-        )
     if not use_cache and not bool(valid.all()):
         raise ValueError("recomputing without a cache needs prompts of equal length")
     rng = torch.Generator(device=device)

@@ -39,6 +39,7 @@ from layerwise.profiles.recipes import SHAPES
 from layerwise.runs import files as run_files
 from layerwise.runs.files import TOKENIZER_DIR
 from layerwise.util.errors import UserError
+from layerwise.util.files import check_output
 
 DEFAULT_TRAINING = {"batch": {"global_batch": 32, "micro_batch": 8}, "train": {"steps": 1000}}
 """Placeholders that make an imported config valid; set real ones with --config or overrides."""
@@ -97,7 +98,7 @@ def imported_config(
 ) -> Config:
     """The run's config: `base` (or placeholders) for data and training, the checkpoint's
     shape for the model, then `overrides`; refused if the result is not the checkpoint's shape."""
-    from layerwise.training.build import config_shape
+    from layerwise.training.shape import config_shape
 
     values = config_to_dict(load_config(base)) if base else config_to_dict(Config())
     if base is None:
@@ -137,7 +138,7 @@ def import_hf(
     from layerwise.training.optim import build_optimizer
     from layerwise.training.resume import clear_run, holds_run
 
-    hf_dir, out = Path(hf_dir), Path(out)
+    hf_dir, out = Path(hf_dir), check_output(out, "--out", "directory")
     arch, document = read_architecture(hf_dir)
     config = imported_config(arch, document, out, base, overrides)
     tokenizer = hf_tokenizer(hf_dir, arch.eos_id)

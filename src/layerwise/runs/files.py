@@ -7,11 +7,14 @@ run's files through `write_run_files`.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +66,55 @@ class RunSummary:
 
     @classmethod
     def load(cls, path: Path) -> RunSummary:
-        """The summary in `path`; a damaged file is a UserError naming it, not a traceback."""
+        """The summary in `path`; a damaged file (unreadable, not JSON, a field missing, unknown
+        or of the wrong type) is a UserError naming it and the field, not a traceback later."""
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict):
+                raise TypeError(f"a JSON {type(document).__name__}, not an object")
+            hints = _field_types()
+            for key, value in document.items():
+                if key in hints and not _has_type(value, hints[key]):
+                    raise TypeError(f"field {key!r} is {value!r}, not {_type_name(hints[key])}")
+            return cls(**document)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
             raise UserError(
                 f"{path} is unreadable or not a run summary ({exc}); resume the run with "
                 "--resume to write it again, or delete the run directory"
             ) from None
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(RunSummary)
+    return {f.name: hints[f.name] for f in fields(RunSummary)}
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON is of the annotated type (an int counts as a float, a
+    bool as neither), containers checked item by item."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in args)
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items()
+        )
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def write_run_files(run_dir: Path, config_yaml: str, tokenizer: Mapping[str, Path | str]) -> None:

@@ -21,6 +21,7 @@ refuses, so at most one proceeds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -119,11 +120,17 @@ class DirectoryLock:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._depth = 0
+        self._created = False
 
     def __enter__(self) -> DirectoryLock:
         if self._depth == 0:
+            self._created = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._acquire()
+            try:
+                self._acquire()
+            except BaseException:
+                self._remove_if_created()
+                raise
             self._beat = threading.Thread(target=self._heartbeat, daemon=True)
             self._beat.start()
         self._depth += 1  # re-entrant: a comparison's own helpers may lock again
@@ -143,6 +150,14 @@ class DirectoryLock:
             self._beat.join()
         if read_holder(self.path) == self.me:
             self.path.unlink(missing_ok=True)
+        self._remove_if_created()
+
+    def _remove_if_created(self) -> None:
+        """A directory made only to hold the lock goes with it: a refused or failed command
+        leaves no trace."""
+        if self._created:
+            with contextlib.suppress(OSError):  # not empty: the command wrote something
+                self.directory.rmdir()
 
     def _acquire(self) -> None:
         text = json.dumps(asdict(self.me))

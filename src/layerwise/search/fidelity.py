@@ -13,7 +13,6 @@ so an interrupted check continues where it stopped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 from layerwise.launch import train
 from layerwise.search.objective import checked_loss
 from layerwise.search.plan import BASELINES, SearchPlan
-from layerwise.search.report import FIDELITY_JSON
+from layerwise.search.report import FIDELITY_JSON, read_fidelity
 from layerwise.search.space import SearchSpace, Shape, ffn_name, qkv_name, shape_of
 from layerwise.util.files import atomic_write_json
 from layerwise.util.stats import kendall, spearman
@@ -56,8 +55,8 @@ def check_fidelity(
     short = plan.rung_steps()[-1]
     long = short * factor
     path = out / FIDELITY_JSON
-    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    done = saved.get("shapes", {}) if saved.get("long_steps") == long else {}
+    saved = read_fidelity(out) or {}  # an interrupted check continues with the shapes it has
+    done = saved["shapes"] if saved.get("long_steps") == long else {}
     rng = np.random.default_rng(seed)
     n_layers = plan.base().model.n_layers
     candidates: list[tuple[str, str | None, Shape | None]] = [(n, n, None) for n in BASELINES]

@@ -11,6 +11,7 @@ must clear, and the pruner compares sampled shapes against them at every rung.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,12 +31,26 @@ from layerwise.training.optim import wsd_decay_start
 from layerwise.training.step import NonFiniteLoss
 from layerwise.training.trainer import RunInterrupted
 from layerwise.util.errors import UserError
+from layerwise.util.signals import Terminated
 
 TRIALS_DIR = "trials"
 
 
 def trial_dir(out: Path, number: int) -> Path:
     return out / TRIALS_DIR / f"trial-{number:04d}"
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """A signal stopped the search between a trial's rungs; the trial is failed without an
+    `error`, so the next start queues it again."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"{name} received between rungs: stopped; rerun the same command to continue"
 
 
 @dataclass
@@ -60,6 +75,10 @@ class TrialRunner:
             return self._run(trial)
         except (RunInterrupted, KeyboardInterrupt, optuna.TrialPruned):
             raise  # an interruption is a FAIL without `error`: the next start queues it again
+        except Terminated as exc:
+            # Optuna ends a trial on an Exception or KeyboardInterrupt only: a SystemExit would
+            # leave it RUNNING for good, never queued again
+            raise TrialInterrupted(exc.signum) from None
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise

@@ -22,7 +22,8 @@ from layerwise.data.meta import read_meta
 from layerwise.profiles.recipes import SHAPES
 from layerwise.profiles.shape import ModelShape
 from layerwise.search.space import SearchSpace, Shape
-from layerwise.training.build import config_shape, with_data_vocab
+from layerwise.training.build import with_data_vocab
+from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
 
 BASELINES = tuple(SHAPES)
@@ -43,6 +44,13 @@ class SearchPlan:
     match: str | None = None
     """Profile whose parameters (or FLOPs) every trial matches (default: the config's, else
     isotropic); ignored when the config sets model.target_params."""
+
+    def __post_init__(self) -> None:
+        if self.eta < 2:
+            raise UserError(
+                f"--eta {self.eta} must be at least 2: each rung trains eta times longer than "
+                "the one before, and successive halving keeps 1 in eta trials per rung"
+            )
 
     def base(self) -> Config:
         return load_config(self.config, self.overrides)

@@ -23,6 +23,7 @@ from layerwise.profiles.plot import plot_allocation
 from layerwise.profiles.shape import LayerSpec, ModelShape
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.study import DONE
+from layerwise.util.errors import UserError
 from layerwise.util.files import atomic_write_text
 from layerwise.util.plots import colour_for, save_figure
 from layerwise.util.render import Table, markdown_table
@@ -190,9 +191,35 @@ def plot_importances(importances: dict[str, float], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+FIDELITY_SUMMARY = ("spearman", "kendall", "reference", "seed_losses", "seed_std", "shape_std")
+"""The keys a finished fidelity check adds to the shapes it saves as it goes."""
+
+
 def read_fidelity(out: Path) -> dict | None:
+    """DIR/fidelity.json, or None without one. An interrupted check leaves the shapes done so
+    far and no summary (see `fidelity_finished`); a file that is not that is a UserError."""
     path = out / FIDELITY_JSON
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        problem = (
+            ""
+            if isinstance(document, dict) and isinstance(document.get("shapes"), dict)
+            else "no shapes"
+        )
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        problem = str(exc)
+    if problem:
+        raise UserError(
+            f"{path} is not the result of a fidelity check ({problem}); delete it and rerun "
+            "with --check-fidelity to redo the check"
+        )
+    return document
+
+
+def fidelity_finished(fidelity: dict) -> bool:
+    return all(key in fidelity for key in FIDELITY_SUMMARY)
 
 
 def _loss(value: float | None) -> str:
@@ -264,6 +291,16 @@ def _delta(trial: FrozenTrial, reference: FrozenTrial | None) -> str:
 
 
 def fidelity_lines(fidelity: dict) -> list[str]:
+    if not fidelity_finished(fidelity):
+        return [
+            "## Fidelity check",
+            "",
+            f"The fidelity check is unfinished: it was interrupted after "
+            f"{len(fidelity['shapes'])} shape(s) at {fidelity.get('short_steps')} and "
+            f"{fidelity.get('long_steps')} steps, before the correlations; rerun with "
+            "--check-fidelity to finish it.",
+            "",
+        ]
     return [
         "## Fidelity check",
         "",

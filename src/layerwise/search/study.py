@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,18 +54,53 @@ def open_storage(storage: str | None, out: Path) -> BaseStorage:
                 "that its driver is installed"
             ) from None
     path = Path(storage) if storage is not None else out / JOURNAL_FILE
+    if path.is_dir():
+        raise UserError(
+            f"--storage {path} is a directory; give a journal file, e.g. {path / JOURNAL_FILE}"
+        )
     if not path.parent.is_dir():
         raise UserError(
             f"--storage {path}: directory {path.parent} does not exist or is unreachable; "
             "give a journal file on a (shared) filesystem every worker can write"
         )
+    check_journal(path)
     try:
         backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return JournalStorage(backend)  # reads the whole journal back
     except OSError as exc:
         raise UserError(
             f"--storage {path}: cannot open the journal file ({exc.strerror})"
         ) from None
-    return JournalStorage(backend)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # json, utf-8, log entries
+        raise UserError(
+            f"--storage {path}: the journal is damaged ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unexpected content'}); it was left as "
+            "it is: restore it from a copy, or start a new study with another --storage"
+        ) from None
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a file that is not an Optuna journal before Optuna appends to it: an existing,
+    non-empty journal starts with a whole line holding one of its JSON operations."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(1 << 20)
+    except OSError as exc:
+        raise UserError(
+            f"--storage {path}: cannot read the journal file ({exc.strerror})"
+        ) from None
+    try:
+        entry = json.loads(first)
+    except ValueError:  # not JSON, or not text
+        entry = None
+    if not first.endswith(b"\n") or not isinstance(entry, dict) or "op_code" not in entry:
+        raise UserError(
+            f"--storage {path} is not an Optuna journal file (its first line is no journal "
+            f"entry); it was left as it is: give the {JOURNAL_FILE} of a search, a new file "
+            "name, or an RDB URL"
+        )
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:

@@ -16,8 +16,9 @@ from layerwise.nn.model import Transformer
 from layerwise.nn.state_dict_adapter import load_hf_state
 from layerwise.profiles.shape import ModelShape
 from layerwise.runs.files import CONFIG_FILE, TOKENIZER_DIR
-from layerwise.training.build import build_model, config_shape
+from layerwise.training.build import build_model
 from layerwise.training.checkpoint import choose_checkpoint, load_model_weights
+from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
 
 

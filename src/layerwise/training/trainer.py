@@ -53,13 +53,7 @@ from layerwise.profiles.budget import BudgetResult
 from layerwise.profiles.shape import ModelShape, flops_per_token, non_embedding_params, total_params
 from layerwise.runs.files import SUMMARY_FILE, RunSummary, write_run_files
 from layerwise.runs.lock import DirectoryLock
-from layerwise.training.build import (
-    build_model,
-    config_shape,
-    parallel_strategy,
-    speed_options,
-    with_data_vocab,
-)
+from layerwise.training.build import build_model, parallel_strategy, speed_options, with_data_vocab
 from layerwise.training.callbacks.base import Callback, StepRecord
 from layerwise.training.callbacks.checkpointing import Checkpointing
 from layerwise.training.callbacks.metrics_log import MetricsLog
@@ -83,6 +77,7 @@ from layerwise.training.metrics import (
 )
 from layerwise.training.optim import branch_steps, build_optimizer, lr_at
 from layerwise.training.resume import ResumePoint, prepare_run_dir
+from layerwise.training.shape import config_shape
 from layerwise.training.step import NonFiniteLoss, evaluate, train_step
 from layerwise.util.errors import UserError
 from layerwise.util.files import atomic_write_json

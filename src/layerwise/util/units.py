@@ -36,4 +36,7 @@ def parse_memory(text: str) -> int:
     number, unit, binary = found.groups()
     unit = unit.lower()
     scale = 1024 ** "_kmgt".index(unit) if binary and unit else _UNITS[unit]
-    return round(float(number) * scale)
+    size = round(float(number) * scale)
+    if size < 1:
+        raise UserError(f"--gpu-memory {text!r} must be more than 0 bytes, e.g. 80GiB")
+    return size
