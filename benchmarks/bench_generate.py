@@ -27,8 +27,8 @@ from layerwise.config.loader import load_config
 from layerwise.hf.generate import generate
 from layerwise.nn.model import BlockOptions, Transformer
 from layerwise.profiles.shape import total_params
-from layerwise.training.build import config_shape
 from layerwise.training.metrics import cpu_model
+from layerwise.training.shape import config_shape
 
 TARGET = 5.0
 
