@@ -20,21 +20,11 @@ from layerwise.distributed.env import init_distributed
 from layerwise.profiles.shape import ModelShape
 from layerwise.training.build import with_data_vocab
 from layerwise.training.optim import lr_at
+from layerwise.training.shape import BASE_KEYS
 from layerwise.training.step import train_step
 from layerwise.training.trainer import setup_run
 from timing import StepClock, StepTimes
 from train_setup import OPTIM, Settings, profile_recipe
-
-BASE_KEYS = (
-    "n_layers",
-    "d_model",
-    "head_dim",
-    "gqa_group",
-    "vocab_size",
-    "tie_embeddings",
-    "ffn_divisor",
-)
-"""The `model.*` keys of a profile's base, copied from its recipe."""
 
 
 def profile_model(name: str, settings: Settings) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from layerwise.analysis.cka import Grams, MinibatchCKA, hsic
 from layerwise.analysis.geometry import effective_rank
 from layerwise.analysis.importance import spearman
 from layerwise.analysis.lens import first_layer_near
+from layerwise.analysis.outputs import distinct_runs
 from layerwise.nn.model import Transformer
 from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
 
@@ -184,3 +186,13 @@ def test_spearman_uses_average_ranks_for_ties_and_first_layer_near_final() -> No
     assert spearman([1.0, 1.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(math.sqrt(3) / 2)
     assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
     assert first_layer_near([9.0, 5.4, 5.2, 5.0], 5.0) == 1
+
+
+def test_a_run_named_twice_is_analysed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: `analyze R R` used to give two identical rows."""
+    (tmp_path / "r").mkdir()
+    named = [tmp_path / "r", tmp_path / "." / "r", tmp_path / "s"]
+    assert distinct_runs(named) == [tmp_path / "r", tmp_path / "s"]
+    assert "analysed once" in capsys.readouterr().err

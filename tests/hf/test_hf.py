@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,13 @@ def test_imported_runs_train_and_init_from_takes_hf_dirs(
 ) -> None:
     make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
     export_run(tmp_path / "run", tmp_path / "hf")
-    settings = [f"data.dir={markov_data}", "data.seq_len=16", "train.steps=2", "run.device=cpu"]
+    data = tmp_path / "data"  # tokens of the checkpoint's own tokenizer, as a user would train on
+    shutil.copytree(markov_data, data)
+    meta = json.loads((data / "meta.json").read_text())
+    loaded = load_tokenizer(tokenizer_file)
+    meta["tokenizer"].update(identity=loaded.identity, sha256=loaded.sha256)
+    (data / "meta.json").write_text(json.dumps(meta))
+    settings = [f"data.dir={data}", "data.seq_len=16", "train.steps=2", "run.device=cpu"]
     settings += ["batch.global_batch=4", "batch.micro_batch=4", "run.progress=false"]
     import_hf(tmp_path / "hf", tmp_path / "imported", overrides=settings)
     summary = train(load_config(tmp_path / "imported" / "config.yaml", ["run.resume=auto"]))
@@ -209,3 +216,39 @@ def test_a_full_disk_during_export_is_a_message_and_leaves_nothing(
     err = capsys.readouterr().err
     assert "could not write the export" in err and "Traceback" not in err
     assert list(out.parent.iterdir()) == []
+
+
+def test_an_import_that_dies_midway_leaves_no_half_run(
+    tmp_path: Path, tokenizer_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: an import killed after its first files used to leave a half run directory
+    that only --overwrite could clear."""
+    make_run(tmp_path / "run", SHAPES["isotropic"], tokenizer_file)
+    export_run(tmp_path / "run", tmp_path / "hf")
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt  # stands for a kill while the checkpoint is written
+
+    monkeypatch.setattr("layerwise.training.checkpoint.save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        import_hf(tmp_path / "hf", tmp_path / "imported")
+    assert not (tmp_path / "imported").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+    monkeypatch.undo()
+    import_hf(tmp_path / "hf", tmp_path / "imported")  # no --overwrite needed
+    assert (tmp_path / "imported" / "config.yaml").is_file()
+
+
+def test_import_refuses_its_own_source_and_directories_that_hold_no_run(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_run(tmp_path / "run", SHAPES["isotropic"], tokenizer_file)
+    export_run(tmp_path / "run", tmp_path / "hf")
+    hf = str(tmp_path / "hf")
+    assert main(["import", hf, "--out", hf, "--overwrite"]) == 2
+    assert "is where the imported checkpoint" in capsys.readouterr().err
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    assert main(["import", hf, "--out", str(tmp_path / "notes"), "--overwrite"]) == 2
+    assert "holds no layerwise run" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"

@@ -252,7 +252,7 @@ def test_resume_on_changed_data_is_refused(
     capsys.readouterr()
     assert cli_main(["train", str(config), "--resume", "train.steps=8"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "its data changed since it was trained (split val: 600 tokens, sha256" in err
+    assert f"{data} is not the data it was trained on (split val: 600 tokens, sha256" in err
     assert list_checkpoints(tmp_path / "run")[-1][0] == 4
 
 

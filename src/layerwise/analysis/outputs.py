@@ -6,6 +6,7 @@ later report would embed.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,19 @@ def write_analysis(result: dict[str, Any], out: Path) -> AnalysisFiles:
     return AnalysisFiles(json_path, markdown, tuple(figures), result)
 
 
+def distinct_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """Each run once, in the order given: a run named twice (`analyze R R`, or `R` and `./R`)
+    would be two identical rows; the repeat is dropped and said on stderr."""
+    seen: dict[Path, Path] = {}
+    for run_dir in map(Path, run_dirs):
+        resolved = run_dir.resolve()
+        if resolved in seen:
+            print(f"layerwise: {run_dir} is {seen[resolved]} again: analysed once", file=sys.stderr)
+            continue
+        seen[resolved] = run_dir
+    return list(seen.values())
+
+
 def analyze(
     run_dirs: Sequence[str | Path],
     *,
@@ -54,6 +68,6 @@ def analyze(
     if not run_dirs:
         raise ValueError("no run directories to analyse")
     reference = None if against is None else Path(against)
-    pairs = [Pair(Path(run_dir), reference) for run_dir in run_dirs]
+    pairs = [Pair(run_dir, reference) for run_dir in distinct_runs(run_dirs)]
     result = analyze_runs(pairs, options or AnalysisOptions(), device, step)
     return write_analysis(result, Path(out) if out else Path(run_dirs[0]) / "analysis")

@@ -50,6 +50,7 @@ from layerwise.data.readers import ReadStats, read_documents
 from layerwise.data.tokenizer import (
     LoadedTokenizer,
     bpe_vocab_size,
+    char_batches,
     exit_with_parent,
     load_tokenizer,
     train_bpe_in_child,
@@ -129,15 +130,7 @@ def _worker_encode(texts: list[str]) -> EncodedBatch:
 
 def _batches(texts: Iterable[str], stats: ReadStats) -> Iterator[tuple[list[str], int]]:
     """Documents grouped into batches of about _BATCH_CHARS, with the input bytes read so far."""
-    batch: list[str] = []
-    chars = 0
-    for text in texts:
-        batch.append(text)
-        chars += len(text)
-        if chars >= _BATCH_CHARS:
-            yield batch, stats.bytes_read
-            batch, chars = [], 0
-    if batch:
+    for batch in char_batches(texts, _BATCH_CHARS):
         yield batch, stats.bytes_read
 
 

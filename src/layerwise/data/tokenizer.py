@@ -160,7 +160,7 @@ def train_bpe_in_child(vocab_size: int, texts: Iterable[str]) -> LoadedTokenizer
 def _exchange(connection: Connection, texts: Iterable[str]) -> str | None:
     """Send the texts to the training process, then its result; None if it ended before."""
     try:
-        for batch in _text_batches(texts):
+        for batch in char_batches(texts, _SEND_CHARS):
             connection.send(batch)
         connection.send(None)
         result: str = connection.recv()
@@ -209,13 +209,15 @@ def _bpe_child(vocab_size: int, connection: Connection, parent_pid: int) -> None
     connection.send(train_bpe(vocab_size, received()).tokenizer.to_str())
 
 
-def _text_batches(texts: Iterable[str]) -> Iterator[list[str]]:
+def char_batches(texts: Iterable[str], chars_per_batch: int) -> Iterator[list[str]]:
+    """Texts grouped into lists of about `chars_per_batch` characters (a long text alone), so
+    each hand-over to another process is worth its overhead."""
     batch: list[str] = []
     chars = 0
     for text in texts:
         batch.append(text)
         chars += len(text)
-        if chars >= _SEND_CHARS:
+        if chars >= chars_per_batch:
             yield batch
             batch, chars = [], 0
     if batch:

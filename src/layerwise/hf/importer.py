@@ -10,6 +10,7 @@ optimizer, so `layerwise train RUN_DIR/config.yaml --resume` trains it like any 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -38,6 +39,7 @@ from layerwise.nn.state_dict_adapter import (
 from layerwise.profiles.recipes import SHAPES
 from layerwise.runs import files as run_files
 from layerwise.runs.files import TOKENIZER_DIR
+from layerwise.training.resume import clear_run, holds_run
 from layerwise.util.errors import UserError
 from layerwise.util.files import check_output
 
@@ -136,7 +138,6 @@ def import_hf(
     from layerwise.training.build import block_options
     from layerwise.training.checkpoint import TrainerState, save_checkpoint
     from layerwise.training.optim import build_optimizer
-    from layerwise.training.resume import clear_run, holds_run
 
     hf_dir, out = Path(hf_dir), check_output(out, "--out", "directory")
     arch, document = read_architecture(hf_dir)
@@ -148,21 +149,49 @@ def import_hf(
             f"model's vocab_size {arch.shape.vocab_size}"
         )
     state = from_hf_state(read_tensors(hf_dir), arch.shape, str(hf_dir))
-    if out.exists() and any(out.iterdir()):
-        if not overwrite or not holds_run(out):
-            raise UserError(
-                f"--out {out} already exists"
-                + ("; pass --overwrite to replace the run in it" if holds_run(out) else "")
-            )
-        clear_run(out)
+    check_import_target(hf_dir, out, overwrite)
     model = Transformer(arch.shape, block_options(config))
     model.load_state_dict(state)
-    write_imported_run_files(out, config, tokenizer, hf_dir / "tokenizer.json")
-    cpu = torch.device("cpu")
-    optimizer = build_optimizer(model, config.optim, cpu)
-    state_0 = TrainerState(sampler={"epoch": 0, "cursor": 0})
-    save_checkpoint(out, model, optimizer, state_0, DistInfo(0, 0, 1, cpu), config.checkpoint.keep)
+    # written beside `out` and moved in at the end: a killed import leaves no half run in `out`
+    work = out.with_name(f".{out.name}.import-tmp")
+    shutil.rmtree(work, ignore_errors=True)  # what a killed earlier import left
+    try:
+        write_imported_run_files(work, config, tokenizer, hf_dir / "tokenizer.json")
+        cpu = torch.device("cpu")
+        optimizer = build_optimizer(model, config.optim, cpu)
+        state_0 = TrainerState(sampler={"epoch": 0, "cursor": 0})
+        save_checkpoint(
+            work, model, optimizer, state_0, DistInfo(0, 0, 1, cpu), config.checkpoint.keep
+        )
+        if holds_run(out):
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for entry in work.iterdir():
+            entry.rename(out / entry.name)
+        work.rmdir()
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return config
+
+
+def check_import_target(hf_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an `--out` that is (or holds) the checkpoint being imported, or a directory with
+    something other than a run in it; a run there is replaced only with --overwrite."""
+    source = hf_dir.resolve()
+    if out.resolve() == source or out.resolve() in source.parents:
+        raise UserError(
+            f"--out {out} is where the imported checkpoint {hf_dir} lives; choose another --out"
+        )
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not holds_run(out):
+        raise UserError(
+            f"--out {out} already exists and holds no layerwise run; --overwrite only replaces a "
+            "run directory, so choose another --out"
+        )
+    if not overwrite:
+        raise UserError(f"--out {out} already holds a run; pass --overwrite to replace it")
 
 
 def write_imported_run_files(

@@ -117,9 +117,9 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
     data = recorded_data_differences(run_dir, config)
     if data:
         raise UserError(
-            f"cannot resume {run_dir}: its data changed since it was trained "
-            f"({'; '.join(data)}); resume with the data it was trained on ({config.data.dir} "
-            "as it was), or start a new run in another run.dir"
+            f"cannot resume {run_dir}: {config.data.dir} is not the data it was trained on "
+            f"({'; '.join(data)}); resume with that data (or data of the same tokenizer, for an "
+            "imported checkpoint), or start a new run in another run.dir"
         )
     old, new = total_steps(saved), total_steps(config)
     choice = choose_checkpoint(run_dir, schedule_check(config.optim, old, new))

@@ -17,6 +17,17 @@ from layerwise.profiles.recipes import ProfileSpec, lookup_spec
 from layerwise.profiles.shape import ModelShape
 from layerwise.util.errors import UserError
 
+BASE_KEYS = (
+    "n_layers",
+    "d_model",
+    "head_dim",
+    "gqa_group",
+    "vocab_size",
+    "tie_embeddings",
+    "ffn_divisor",
+)
+"""The `model.*` keys that make a profile's base (a preset fixes its own)."""
+
 VOCAB_MULTIPLE = 64
 """`model.vocab_size: null` rounds the data's vocabulary up to this, for tensor-core-friendly shapes."""
 
@@ -48,15 +59,7 @@ def profile_spec(model: ModelConfig, vocab_size: int) -> ProfileSpec:
     spec = lookup_spec(model.profile, base)
     conflicts = [
         f"model.{name}={getattr(base, name)} (preset: {getattr(spec, name)})"
-        for name in (
-            "n_layers",
-            "d_model",
-            "head_dim",
-            "gqa_group",
-            "vocab_size",
-            "tie_embeddings",
-            "ffn_divisor",
-        )
+        for name in BASE_KEYS
         if getattr(spec, name) != getattr(base, name)
     ]
     if conflicts:
