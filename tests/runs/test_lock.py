@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.runs.lock import LOCK_FILE, DirectoryLock, Holder, this_process
+from layerwise.runs.lock import LOCK_FILE, DirectoryLock, Holder, abandoned, this_process
 from layerwise.util.errors import UserError
 
 
@@ -112,3 +112,34 @@ def test_a_holder_killed_with_sigkill_leaves_a_lock_that_is_taken_over(tmp_path:
     assert (tmp_path / LOCK_FILE).exists()
     with DirectoryLock(tmp_path):
         pass
+
+
+def test_a_lending_lock_lets_this_process_lock_again_and_keeps_others_out(
+    tmp_path: Path,
+) -> None:
+    """A search trial holds its directory across its rungs; each rung's `train` locks it too."""
+    with DirectoryLock(tmp_path / "trial", lend=True):
+        with DirectoryLock(tmp_path / "trial", what="run directory"):
+            assert (tmp_path / "trial" / LOCK_FILE).exists()
+        assert (tmp_path / "trial" / LOCK_FILE).exists(), "the borrower does not release it"
+        holder = subprocess.run([sys.executable, "-c", HOLD, str(tmp_path / "trial")],
+                                capture_output=True, text=True)  # fmt: skip
+        assert holder.returncode != 0 and f"pid {os.getpid()}" in holder.stderr
+    assert not (tmp_path / "trial").exists()
+    with DirectoryLock(tmp_path / "run"), pytest.raises(UserError, match="in use by"):
+        DirectoryLock(tmp_path / "run").__enter__()  # without lend, even this process is refused
+
+
+def test_a_lock_left_by_a_dead_holder_is_recognised_as_abandoned(tmp_path: Path) -> None:
+    assert abandoned(tmp_path) is None  # no lock file: released, or never taken
+    with DirectoryLock(tmp_path):
+        assert abandoned(tmp_path) is None  # a live holder
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    write_holder(tmp_path, replace(this_process(), pid=int(gone.stdout)))
+    reason = abandoned(tmp_path)
+    assert (
+        reason is not None and f"pid {gone.stdout.strip()}" in reason and "no longer runs" in reason
+    )
+    write_holder(tmp_path, other_host(slurm_job=None), age_s=10)
+    assert abandoned(tmp_path) is None  # another host, heartbeat fresh: it may still run

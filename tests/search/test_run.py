@@ -7,6 +7,8 @@ import csv
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,70 @@ def test_a_sigterm_between_rungs_fails_the_trial_so_the_next_start_runs_it_again
     trials = trials_of(out)
     assert any(t.user_attrs.get("resume_of") == failed[0].number for t in trials)
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+KILLED_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from layerwise.search.plan import SearchPlan
+from layerwise.search.run import run_search
+from layerwise.training.callbacks.base import Callback
+
+class KillAt(Callback):
+    def on_step_end(self, trainer, record):
+        if trainer.run_dir.name == "trial-0005" and trainer.state.step == 10:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run_search(SearchPlan(sys.argv[1]), sys.argv[2], 8, sampler="random", seed=0,
+           callbacks=[KillAt()])
+"""
+
+
+def test_a_trial_whose_worker_was_killed_is_run_again_with_its_finished_rungs(
+    tmp_path: Path, markov_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: with journal storage, a trial whose worker died by SIGKILL stayed RUNNING for
+    good, and the rungs it had finished were trained again by nobody or from scratch."""
+    config, out = write_config(tmp_path, markov_data), tmp_path / "out"
+    worker = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(config), str(out)],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert worker.returncode == -signal.SIGKILL, worker.stderr
+    killed = trials_of(out)[5]
+    assert killed.state == optuna.trial.TrialState.RUNNING
+    assert sorted(killed.intermediate_values) == [2, 6]  # two rungs finished before the kill
+    real, trained = objective.train, []
+
+    def counting(config, callbacks=()):  # type: ignore[no-untyped-def]
+        trained.append((config.run.dir, config.train.steps))
+        return real(config, callbacks)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(objective, "train", counting)
+        run_search(SearchPlan(str(config)), out, 8, sampler="random", seed=0, say=print)
+    assert "trial 5 was left running" in capsys.readouterr().err
+    trials = trials_of(out)
+    assert trials[5].state == optuna.trial.TrialState.FAIL and "error" not in trials[5].user_attrs
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    again = [t for t in trials if t.user_attrs.get("resume_of") == 5]
+    assert len(again) == 1 and again[0].params == killed.params
+    assert {s: again[0].intermediate_values[s] for s in (2, 6)} == killed.intermediate_values
+    trial5 = str(out / "trials" / "trial-0005")
+    assert [steps for run, steps in trained if run == trial5] == [18], "rungs 1-2 were reused"
+    records = read_records(out / "trials" / "trial-0005" / "metrics.jsonl")
+    steps = [r["step"] for r in records if r["type"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 18  # each step once, in order
+
+
+def test_a_continued_search_does_not_propose_the_shapes_it_already_drew(
+    tmp_path: Path, markov_data: Path
+) -> None:
+    """Issue 21: restarted with the same --seed, the sampler drew the same parameters again."""
+    plan = SearchPlan(str(write_config(tmp_path, markov_data)))
+    out = tmp_path / "out"
+    first = run_search(plan, out, 6, sampler="random", seed=0, say=print).study.trials
+    later = run_search(plan, out, 7, sampler="random", seed=0, say=print).study.trials
+    assert [t.params for t in later[:6]] == [t.params for t in first]
+    assert later[6].params != first[5].params
+    again = run_search(plan, tmp_path / "again", 6, sampler="random",
+                       seed=0, say=print).study.trials  # fmt: skip
+    assert [t.params for t in again] == [t.params for t in first], "a new study is reproducible"

@@ -40,6 +40,8 @@ LOCK_FILE = ".layerwise.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0
 _SETTLE_S = 0.05  # how long a taker waits before reading its claim back
+_LENT: set[str] = set()
+"""Lock files this process holds with `lend=True`: other locks of them in this process pass."""
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,24 @@ def read_holder(path: Path) -> Holder | None:
         return None
 
 
+def lock_age(path: Path) -> float | None:
+    """Seconds since the lock file's last heartbeat; None once it is gone."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 class DirectoryLock:
     """`with DirectoryLock(directory, what="run directory"):` holds `directory` for this process.
 
     Raises UserError naming the holder when another live process has it. A stale lock is taken
     over with a note on stderr. The lock is released on exit, also after an exception; a
     process killed with SIGKILL leaves it behind, to be taken over as stale.
+
+    With `lend=True`, other `DirectoryLock`s of the same directory in this process pass while
+    this one is held: a search trial holds its directory across all its rungs, and each rung's
+    `train` locks it again. Without it, a second lock is refused even in the same process.
     """
 
     def __init__(
@@ -112,9 +126,13 @@ class DirectoryLock:
         what: str = "directory",
         heartbeat_s: float = HEARTBEAT_S,
         stale_after_s: float = STALE_AFTER_S,
+        lend: bool = False,
     ) -> None:
         self.directory, self.what = Path(directory), what
         self.path = self.directory / LOCK_FILE
+        self._key = os.path.abspath(self.path)
+        self.lend = lend
+        self._borrowed = False
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.me = this_process()
         self._stop = threading.Event()
@@ -123,7 +141,9 @@ class DirectoryLock:
         self._created = False
 
     def __enter__(self) -> DirectoryLock:
-        if self._depth == 0:
+        if self._depth == 0 and self._key in _LENT:
+            self._borrowed = True  # held by a lender in this process, which releases it
+        elif self._depth == 0:
             self._created = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
             try:
@@ -133,6 +153,8 @@ class DirectoryLock:
                 raise
             self._beat = threading.Thread(target=self._heartbeat, daemon=True)
             self._beat.start()
+            if self.lend:
+                _LENT.add(self._key)
         self._depth += 1  # re-entrant: a comparison's own helpers may lock again
         return self
 
@@ -143,8 +165,10 @@ class DirectoryLock:
         traceback: TracebackType | None,
     ) -> None:
         self._depth -= 1
-        if self._depth:
+        if self._depth or self._borrowed:
+            self._borrowed = self._borrowed and self._depth > 0
             return
+        _LENT.discard(self._key)
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
@@ -182,9 +206,8 @@ class DirectoryLock:
             holder = read_holder(self.path)
             if holder is None:
                 return False  # gone in between: try to create it again
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
+        age = lock_age(self.path)
+        if age is None:
             return False
         reason = stale_reason(holder, age, self.me, self.stale_after_s)
         if reason is None:
@@ -213,6 +236,18 @@ class DirectoryLock:
                 os.utime(self.path)
             except OSError:
                 return  # the directory went away; the run will say so itself
+
+
+def abandoned(directory: Path) -> str | None:
+    """Why the holder of `directory`'s lock is known to be gone; None when there is no lock
+    file or its holder may still run. A lock that was released is no lock file at all: only a
+    holder that died holding it leaves one behind."""
+    path = directory / LOCK_FILE
+    holder, age = read_holder(path), lock_age(path)
+    if holder is None or age is None:
+        return None
+    reason = stale_reason(holder, age, this_process())
+    return None if reason is None else f"{holder.describe()} held it and is gone: {reason}"
 
 
 def is_vacant(directory: Path) -> bool:

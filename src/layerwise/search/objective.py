@@ -23,21 +23,16 @@ from optuna.trial import FrozenTrial, TrialState
 from layerwise.launch import train
 from layerwise.profiles.shape import flops_per_token, total_params
 from layerwise.runs.files import RunSummary
+from layerwise.runs.lock import DirectoryLock
 from layerwise.search.plan import SearchPlan, resolved_shape
 from layerwise.search.space import Shape, shape_key, shape_of, suggest
-from layerwise.search.study import DONE, origin
+from layerwise.search.study import DONE, origin, trial_dir
 from layerwise.training.callbacks.base import Callback
 from layerwise.training.optim import wsd_decay_start
 from layerwise.training.step import NonFiniteLoss
 from layerwise.training.trainer import RunInterrupted
 from layerwise.util.errors import UserError
 from layerwise.util.signals import Terminated
-
-TRIALS_DIR = "trials"
-
-
-def trial_dir(out: Path, number: int) -> Path:
-    return out / TRIALS_DIR / f"trial-{number:04d}"
 
 
 class TrialInterrupted(KeyboardInterrupt):
@@ -71,8 +66,12 @@ class TrialRunner:
     timing: Timing = field(default_factory=Timing)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        # held across every rung (each rung's `train` borrows it): a worker killed mid-trial
+        # leaves the lock behind, which is how the next start knows the trial was abandoned
+        lock = DirectoryLock(trial_dir(self.out, origin_of(trial)), "search trial", lend=True)
         try:
-            return self._run(trial)
+            with lock:
+                return self._run(trial)
         except (RunInterrupted, KeyboardInterrupt, optuna.TrialPruned):
             raise  # an interruption is a FAIL without `error`: the next start queues it again
         except Terminated as exc:

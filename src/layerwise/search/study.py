@@ -15,22 +15,27 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
+from layerwise.runs.lock import abandoned
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.space import baseline_params
 from layerwise.util.errors import UserError
 
 STUDY_NAME = "layerwise-search"
+TRIALS_DIR = "trials"
 JOURNAL_FILE = "study.journal"
 PLAN_ATTR = "plan"
+STARTS_ATTR = "starts"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 _SAMPLER_NEEDS = {"cmaes": "cmaes", "gp": "scipy"}
 
@@ -158,10 +163,42 @@ def open_study(
             load_if_exists=True,
         )
         check_same_plan(study, plan)
+        study.sampler = make_sampler(sampler, start_seed(study, seed))
         if not study.trials:
             enqueue_baselines(study, plan)
+        fail_abandoned(study, out)
         requeue_interrupted(study)
     return study
+
+
+def start_seed(study: optuna.Study, seed: int | None) -> int | None:
+    """The sampler's seed for this start of the study: `seed` itself the first time, then one
+    derived from (seed, how many starts came before). A continued study reseeded with `seed`
+    alone would draw the same proposals again and spend its trials on shapes it has trained;
+    each worker of a parallel search, started in turn under the setup lock, differs too."""
+    starts = int(study.user_attrs.get(STARTS_ATTR, 0))
+    study.set_user_attr(STARTS_ATTR, starts + 1)
+    if seed is None or starts == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, starts]).generate_state(1)[0])
+
+
+def fail_abandoned(study: optuna.Study, out: Path) -> None:
+    """Fail the RUNNING trials whose worker is gone, so `requeue_interrupted` queues them again
+    with their finished rungs. With journal storage nothing else ever ends such a trial: a
+    worker killed with SIGKILL (or a node lost) leaves it RUNNING for good. A trial's worker
+    holds the trial's directory lock across all its rungs, so a lock left behind by a dead
+    holder is the sign; a trial still running, anywhere, keeps its lock fresh."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = abandoned(trial_dir(out, origin(trial)))
+        if reason is None:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL)
+        print(
+            f"layerwise: trial {trial.number} was left running ({reason}); "
+            "it is queued again and keeps its finished rungs",
+            file=sys.stderr,
+        )
 
 
 def check_same_plan(study: optuna.Study, plan: SearchPlan) -> None:
@@ -191,6 +228,10 @@ def enqueue_baselines(study: optuna.Study, plan: SearchPlan) -> None:
             user_attrs={"source": name, "baseline": name},
             skip_if_exists=False,
         )
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    return out / TRIALS_DIR / f"trial-{number:04d}"
 
 
 def origin(trial: FrozenTrial) -> int:
