@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -201,36 +198,6 @@ def test_overwrite_refuses_a_directory_that_holds_no_run(config_file: Path) -> N
 
 def test_a_short_resumed_run_still_reports_throughput(config_file: Path) -> None:
     assert train(load_config(config_file, ["train.steps=3"])).mean_tokens_per_s is not None
-
-
-KILLED_IN_SAVE = """
-import os, signal, sys
-from layerwise import load_config, train
-from layerwise.training import checkpoint
-
-def die(*args, **kwargs):
-    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the save
-
-checkpoint.{phase} = die
-train(load_config(sys.argv[1]))
-"""
-
-
-@pytest.mark.parametrize("phase", ["write_manifest", "atomic_write_json"])
-def test_kill_9_during_the_first_save_resumes_from_step_0_like_an_uninterrupted_run(
-    finished_run: Path, tmp_path: Path, phase: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Issue 21.4: a run killed while writing its first checkpoint used to refuse --resume."""
-    config = tiny_run_config(tmp_path / "tiny.yaml", markov_data_of(finished_run), tmp_path / "run")
-    script = KILLED_IN_SAVE.replace("{phase}", phase)
-    killed = subprocess.run([sys.executable, "-c", script, str(config)], capture_output=True)
-    assert killed.returncode == -signal.SIGKILL
-    root = tmp_path / "run" / CHECKPOINT_DIR
-    assert [p.name for p in root.iterdir()] == ["step_000004.tmp"]
-    assert cli_main(["train", str(config), "--resume"]) == 0
-    err = capsys.readouterr().err
-    assert "removed step_000004.tmp, a save that never finished" in err
-    assert train_losses(tmp_path / "run") == train_losses(finished_run / "run")
 
 
 def markov_data_of(finished: Path) -> Path:
