@@ -7,6 +7,7 @@ sets `func`, a callable taking the parsed namespace and returning an exit status
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import math
 import signal
@@ -76,17 +77,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def override_spellings(argv: list[str]) -> list[str]:
+    """`--optim.lr=1e-3` and `--optim.lr 1e-3` as `optim.lr=1e-3`, the way people type them.
+
+    No option of any command has a dot in its name, so a `--` word with one is a config key.
+    A dotted flag with no value after it is left alone, for argparse to report.
+    """
+    words: list[str] = []
+    rest = iter(argv)
+    for word in rest:
+        key = word[2:].partition("=")[0]
+        if word.startswith("--") and "." in key:
+            if "=" in word:
+                words.append(word[2:])
+                continue
+            value = next(rest, None)
+            if value is not None:
+                words.append(f"{key}={value}")
+                continue
+        words.append(word)
+    return words
+
+
+def _unknown_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, word: str) -> str:
+    """A close spelling for an unknown `--flag`: one of the command's options or a config key."""
+    name = word.lstrip("-").partition("=")[0]
+    options: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            command = action.choices.get(getattr(args, "command", ""))
+            if command is not None:
+                options = [o for o in command._option_string_actions if o.startswith("--")]
+    keys: list[str] = []
+    if hasattr(args, "overrides"):
+        from layerwise.config.loader import config_keys
+
+        keys = config_keys()
+    same_name = [key for key in keys if key.split(".", 1)[1] == name.replace("-", "_")]
+    close_option = difflib.get_close_matches(word.partition("=")[0], options, n=1)
+    close_key = same_name or difflib.get_close_matches(name, keys, n=1)
+    if close_option and not same_name:
+        return f" (did you mean {close_option[0]}?)"
+    if close_key:
+        return f" (did you mean the config key {close_key[0]}=VALUE?)"
+    return ""
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse, letting `key=value` overrides follow options (`compare cfg --out d optim.lr=1e-3`).
 
     argparse stops filling a positional list at the first option, so overrides written after
     options come back unrecognised; they are appended to the command's overrides instead.
+    Overrides may also be written as options (`override_spellings`); an unknown option is
+    reported with the closest spelling.
     """
-    args, extra = parser.parse_known_args(argv)
+    words = override_spellings(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(words)
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]
     unknown = [item for item in extra if item not in overrides]
     if unknown or (overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+        first = (unknown or overrides)[0]
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown or overrides)}"
+            + _unknown_hint(parser, args, first)
+        )
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     return args

@@ -188,6 +188,15 @@ def _check_key(section: str, key: str, source: str) -> None:
         )
 
 
+def config_keys() -> list[str]:
+    """Every `section.key` a config has, for spelling hints."""
+    return [
+        f"{section}.{field_key(f)}"
+        for section, cls in _section_types().items()
+        for f in dataclasses.fields(cls)
+    ]
+
+
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
