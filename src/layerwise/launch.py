@@ -1,30 +1,56 @@
 """`layerwise.train`: the core trainer with every callback the config asks for.
 
 The trainer (layerwise.training) knows nothing of the capabilities built on it; this is where a
-config's in-loop downstream evaluation (`eval.tasks`) joins a run. Every command that trains
-(train, compare, search, demo) comes through here, so a setting in the config means the same
-whichever command runs it.
+config's in-loop downstream evaluation (`eval.tasks`) and its own callbacks (`run.callbacks`)
+join a run. Every command that trains (train, compare, search, demo) comes through here, so a
+setting in the config means the same whichever command runs it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from layerwise.config.loader import callback_spec
 from layerwise.config.schema import Config
 from layerwise.evaluation.callback import DownstreamEval
 from layerwise.runs.files import RunSummary
 from layerwise.training import trainer
 from layerwise.training.callbacks.base import Callback
+from layerwise.util.errors import UserError
 from layerwise.util.files import check_output
+from layerwise.util.imports import import_object
 
 
 def configured_callbacks(config: Config) -> list[Callback]:
-    """The callbacks `config` itself asks for."""
-    if not config.eval.tasks:
-        return []
-    return [
-        DownstreamEval(config.eval, config.data.dir, config.data.seq_len, config.train.val_interval)
-    ]
+    """The callbacks `config` itself asks for: downstream tasks, then `run.callbacks`."""
+    callbacks: list[Callback] = []
+    if config.eval.tasks:
+        callbacks.append(
+            DownstreamEval(
+                config.eval, config.data.dir, config.data.seq_len, config.train.val_interval
+            )
+        )
+    for index, entry in enumerate(config.run.callbacks or ()):
+        callbacks.append(_user_callback(index, entry))
+    return callbacks
+
+
+def _user_callback(index: int, entry: str | dict[str, Any]) -> Callback:
+    """Entry `index` of `run.callbacks`, built. The loader has checked, naming the file, that
+    the class imports and takes these arguments; what is left is known only here."""
+    where = f"run.callbacks[{index}]"
+    try:
+        path, args = callback_spec(entry)
+        cls = import_object(path)
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Callback)):
+        raise UserError(f"{where}: {path} is not a subclass of layerwise.Callback")
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise UserError(f"{where}: {path}({', '.join(args)}) cannot be built: {exc}") from None
 
 
 def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import inspect
 import json
 import math
 import types
@@ -26,6 +27,7 @@ import yaml
 
 from layerwise.config.schema import Config, batch_plan, total_steps, warmup_steps
 from layerwise.util.errors import UserError
+from layerwise.util.imports import import_object
 from layerwise.util.units import parse_count
 
 INHERIT_KEY = "inherit"
@@ -426,6 +428,29 @@ def _check_consistency(config: Config, sources: Mapping[str, str], default: str)
             "optim.warmup_fraction, which scales with the run)"
         )
     batch_plan(config, world_size=1)
+    for index, entry in enumerate(config.run.callbacks or ()):
+        try:
+            path, args = callback_spec(entry)
+            cls = import_object(path)
+            if not isinstance(cls, type):
+                raise ValueError(f"{path} is not a class")
+            inspect.signature(cls).bind(**args)
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{where('run.callbacks')}: run.callbacks[{index}]: {exc}") from None
+
+
+def callback_spec(entry: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A `run.callbacks` entry as (import path, keyword arguments); ValueError if malformed."""
+    if isinstance(entry, str):
+        return entry, {}
+    unknown = set(entry) - {"class", "args"}
+    path, args = entry.get("class"), entry.get("args") or {}
+    if unknown or not isinstance(path, str) or not isinstance(args, Mapping):
+        raise ValueError(
+            f"{dict(entry)!r} must be 'package.module:Class' or "
+            "{class: package.module:Class, args: {name: value}}"
+        )
+    return path, dict(args)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,6 +147,9 @@ class RunConfig:
     tensorboard: bool = field(default=False, metadata=_OPERATIONAL)
     progress: bool = field(default=True, metadata=_OPERATIONAL)
     log_interval: int = field(default=10, metadata={**_OPERATIONAL, **_bounds(1)})
+    callbacks: list[str | dict[str, Any]] | None = field(default=None, metadata=_OPERATIONAL)
+    """Callbacks to add to the run, each `package.module:Class` or {class: ..., args: {...}}
+    (keyword arguments for the class); the class must subclass `layerwise.Callback`."""
 
 
 @dataclass
