@@ -16,7 +16,7 @@ from layerwise.util.errors import UserError
 
 
 def write_split_dir(directory: Path, train: np.ndarray, val: np.ndarray) -> Path:
-    vocab = 70_000 if train.dtype == np.uint32 else 1000
+    vocab = 80_000 if train.dtype == np.uint32 else 1000
     return write_token_dir(directory, {"train": train, "val": val}, vocab)
 
 

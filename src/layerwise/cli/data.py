@@ -7,6 +7,7 @@ import sys
 
 from layerwise.data.inputs import PYTHON_DOCS
 from layerwise.data.prepare import DEFAULT_VAL_FRACTION, PrepareResult, prepare
+from layerwise.data.token_import import IMPORT_DTYPES, ImportResult, import_tokens
 from layerwise.util.errors import UserError
 from layerwise.util.signals import Terminated
 from layerwise.util.units import parse_count
@@ -95,6 +96,77 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=int, metavar="N", help="tokenizer processes (default: all cores)"
     )
     prep.set_defaults(func=run_prepare)
+    add_import_parser(commands)
+
+
+def add_import_parser(commands: argparse._SubParsersAction) -> None:
+    """`data import`: token arrays made elsewhere, with their dtype declared, never guessed."""
+    imp = commands.add_parser(
+        "import",
+        help="turn pre-tokenized arrays (.bin memmaps, .npy) into train.bin, val.bin, meta.json",
+        description=(
+            "Import token ids written by another pipeline (OLMo-core/Dolma raw memmaps, .npy). "
+            "The dtype must be declared; every id is checked against the tokenizer's "
+            "vocabulary and for the signatures of a wrong dtype before anything is written."
+        ),
+    )
+    imp.add_argument("tokens", nargs="+", metavar="TOKENS", help="token files, in order")
+    imp.add_argument(
+        "--dtype",
+        required=True,
+        choices=IMPORT_DTYPES,
+        help="the dtype the files were written in (for .npy, must agree with its header)",
+    )
+    imp.add_argument(
+        "--tokenizer", required=True, metavar="TOK", help="the tokenizer that made the ids"
+    )
+    imp.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    val = imp.add_mutually_exclusive_group()
+    val.add_argument(
+        "--val-tokens",
+        type=token_count,
+        metavar="N",
+        help=f"the last N tokens are validation (default {DEFAULT_VAL_FRACTION} of them)",
+    )
+    val.add_argument("--val-files", nargs="+", default=[], metavar="F", help="held-out token files")
+    imp.add_argument("--eos-id", type=int, metavar="ID", help="default: the tokenizer's EOS")
+    imp.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it holds an earlier output"
+    )
+    imp.set_defaults(func=run_import)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import, then print the summary line."""
+    try:
+        result = import_tokens(
+            args.tokens,
+            args.dtype,
+            args.tokenizer,
+            args.out,
+            val_tokens=args.val_tokens,
+            val_files=args.val_files,
+            eos_id=args.eos_id,
+            overwrite=args.overwrite,
+        )
+    except Terminated as exc:
+        print(f"layerwise: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(import_line(result), file=sys.stderr)
+    return 0
+
+
+def import_line(result: ImportResult) -> str:
+    """Splits, dtype, vocabulary and throughput in one line; linked files are named."""
+    meta = result.meta
+    train, val = meta.splits["train"], meta.splits["val"]
+    linked = f"; hard-linked {', '.join(result.linked)}" if result.linked else ""
+    return (
+        f"imported {meta.data_dir}: train {train.tokens:,} tokens / {train.documents:,} docs, "
+        f"val {val.tokens:,} tokens / {val.documents:,} docs ({meta.dtype}, vocab "
+        f"{meta.vocab_size:,}, EOS {meta.eos_id}); {result.input_bytes / 1e9:.3f} GB in "
+        f"{result.seconds:.2f} s ({result.gb_per_s:.2f} GB/s){linked}"
+    )
 
 
 def run_prepare(args: argparse.Namespace) -> int:

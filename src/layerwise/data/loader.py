@@ -14,7 +14,8 @@ from typing import TypeGuard
 import numpy as np
 import torch
 
-from layerwise.data.meta import read_meta
+from layerwise.data.checks import guard_token_file
+from layerwise.data.meta import META_FILE, read_meta
 from layerwise.util.errors import UserError
 
 
@@ -82,6 +83,9 @@ def open_split(data_dir: str | Path, split: str, seq_len: int) -> TokenWindows:
             f"fewer than seq_len+1 = {seq_len + 1} tokens in {path} ({windows.n_tokens}): "
             "use more data, a larger validation split, or a shorter seq_len"
         )
+    guard_token_file(
+        path, windows.dtype, windows.n_tokens, meta.vocab_size, meta.data_dir / META_FILE
+    )
     return windows
 
 
