@@ -21,6 +21,7 @@ from layerwise.training.callbacks.base import Callback, StepRecord, TrainerView
 from layerwise.training.callbacks.checkpointing import Checkpointing
 from layerwise.training.callbacks.metrics_log import MetricsLog
 from layerwise.training.callbacks.progress import ProgressDisplay
+from layerwise.training.callbacks.tensorboard import TensorBoardLog
 from layerwise.training.callbacks.throughput import ThroughputMeter
 from layerwise.training.callbacks.validation import Validation
 from layerwise.training.checkpoint import TrainerState
@@ -167,7 +168,7 @@ def test_metrics_log_writes_every_logged_record_and_truncates_on_resume(tmp_path
     )
     trainer = FakeTrainer(steps=10, resumed=True, run_dir=tmp_path)
     trainer.state.step = 4
-    log = MetricsLog(tmp_path, tensorboard=False)
+    log = MetricsLog(tmp_path)
     trainer.callbacks = [log]
     log.on_train_start(trainer)
     trainer.log({"type": "val", "step": 4, "loss": 1.0})
@@ -234,3 +235,32 @@ def test_the_trainer_logs_through_one_channel_and_reports_errors(tiny_run) -> No
         train(load_config(tiny_run()), [callback])
     assert callback.logged == ["val:0", "train:1", "train:2", "train:3"]
     assert [str(e) for e in callback.errors] == ["boom"] and callback.closed
+
+
+def test_tensorboard_log_holds_steps_task_scores_and_the_config(tmp_path: Path) -> None:
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator"
+    )
+    trainer = FakeTrainer(steps=10, run_dir=tmp_path)
+    board = TensorBoardLog(tmp_path, "model:\n  profile: crown\n")
+    trainer.callbacks = [board]
+    board.on_train_start(trainer)
+    trainer.log({"type": "train", "step": 1, "loss": 3.5, "mfu": None, "lr": float("nan")})
+    scores = {"hellaswag": {"acc": 0.25, "n": 40}, "piqa": {"acc": 0.5, "n": 40}}
+    trainer.log({"type": "downstream", "step": 2, "tasks": scores, "tokens": 256})
+    board.close()
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert tags == {
+        "train/loss",
+        "downstream/tasks/hellaswag/acc",
+        "downstream/tasks/hellaswag/n",
+        "downstream/tasks/piqa/acc",
+        "downstream/tasks/piqa/n",
+        "downstream/tokens",
+    }
+    (acc,) = events.Scalars("downstream/tasks/piqa/acc")
+    assert (acc.step, acc.value) == (2, 0.5)
+    (text,) = events.Tensors("config/text_summary")
+    assert "profile: crown" in text.tensor_proto.string_val[0].decode()

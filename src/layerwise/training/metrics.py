@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
 import platform
 import re
 import resource
@@ -24,7 +22,6 @@ from typing import Any, TextIO
 import torch
 
 from layerwise.runs.files import METRICS_FILE, read_records
-from layerwise.util.errors import UserError
 from layerwise.util.files import atomic_write_text
 
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -168,36 +165,14 @@ def truncate_log(path: Path, last_step: int) -> list[dict]:
 
 
 class MetricsWriter:
-    """Appends records to metrics.jsonl and, when asked for, mirrors them to TensorBoard."""
+    """Appends records to metrics.jsonl, one flushed line each."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self._file: TextIO = open(run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
-        self._tensorboard = _tensorboard_writer(run_dir) if tensorboard else None
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tensorboard is not None:
-            for key, value in record.items():
-                if (
-                    key not in ("type", "step")
-                    and isinstance(value, (int, float))
-                    and math.isfinite(value)
-                ):
-                    self._tensorboard.add_scalar(f"{record['type']}/{key}", value, record["step"])
 
     def close(self) -> None:
         self._file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-
-
-def _tensorboard_writer(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(
-            "run.tensorboard=true needs the tensorboard package: pip install 'layerwise[tensorboard]'"
-            " (or set run.tensorboard=false)"
-        ) from None
-    return SummaryWriter(log_dir=os.fspath(run_dir / "tensorboard"))

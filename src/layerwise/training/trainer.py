@@ -58,6 +58,7 @@ from layerwise.training.callbacks.base import Callback, StepRecord
 from layerwise.training.callbacks.checkpointing import Checkpointing
 from layerwise.training.callbacks.metrics_log import MetricsLog
 from layerwise.training.callbacks.progress import ProgressDisplay
+from layerwise.training.callbacks.tensorboard import TensorBoardLog
 from layerwise.training.callbacks.throughput import ThroughputMeter
 from layerwise.training.callbacks.validation import Validation
 from layerwise.training.checkpoint import (
@@ -401,7 +402,9 @@ def builtin_callbacks(run: Run) -> list[Callback]:
     config, is_main = run.config, run.dist.is_main
     callbacks: list[Callback] = [ThroughputMeter(run.mfu)]
     if is_main:
-        callbacks.append(MetricsLog(run.run_dir, config.run.tensorboard))
+        callbacks.append(MetricsLog(run.run_dir))
+    if is_main and config.run.tensorboard:
+        callbacks.append(TensorBoardLog(run.run_dir, dump_config(config)))
     if is_main and config.run.progress:
         callbacks.append(ProgressDisplay(config.run.log_interval))
     callbacks.append(Validation(config.train.val_interval))
