@@ -140,3 +140,18 @@ def test_bad_files_and_flags_exit_2_with_nothing_written(shared, tmp_path, capsy
         code = run_cli(*args, "--tokenizer", tok, "--out", out)
         assert code == 2 and expected in capsys.readouterr().err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.bin"]
+
+
+def test_prepare_reads_jsonl_zst_as_it_reads_jsonl(reference, shared, tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    root, ids = reference
+    data = (root / "docs.jsonl").read_bytes()
+    (tmp_path / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+    prepare(
+        [tmp_path / "docs.jsonl.zst"], str(gpt2(shared)), tmp_path / "z", val_tokens=0, workers=1
+    )
+    assert np.array_equal(np.fromfile(tmp_path / "z" / "train.bin", dtype=np.uint16), ids)
+    (tmp_path / "bad.jsonl.zst").write_bytes(b"not zstd at all")
+    with pytest.raises(UserError, match=r"cannot read .*bad.jsonl.zst"):
+        prepare([tmp_path / "bad.jsonl.zst"], str(gpt2(shared)), tmp_path / "b", workers=1)
+    assert not (tmp_path / "b").exists()

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="PATH",
         help=(
-            ".jsonl, .jsonl.gz, .json.gz (one document per line), .txt (one per file), "
+            ".jsonl, .jsonl.gz, .json.gz, .jsonl.zst (one document per line), .txt (one per file), "
             f".parquet, directories, globs, or {PYTHON_DOCS} (the standard library's docstrings)"
         ),
     )

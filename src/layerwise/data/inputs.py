@@ -20,7 +20,7 @@ from typing import NamedTuple
 from layerwise.util.errors import UserError
 
 PYTHON_DOCS = "python-docs"
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst")
 TXT_SUFFIXES = (".txt",)
 PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = JSONL_SUFFIXES + TXT_SUFFIXES + PARQUET_SUFFIXES

@@ -1,5 +1,5 @@
-"""Documents from every input kind, streamed one at a time: JSONL (plain or gzipped), text
-files, Parquet, and the Python standard library's docstrings.
+"""Documents from every input kind, streamed one at a time: JSONL (plain, gzipped or
+zstandard-compressed), text files, Parquet, and the Python standard library's docstrings.
 
 Invalid UTF-8 is repaired and counted rather than fatal (web corpora have it); malformed records
 stop the run with their file and line, or are skipped and counted with `skip_bad`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import io
 import json
 import re
 import warnings
@@ -16,6 +17,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from layerwise.data.inputs import PYTHON_DOCS, Source, read_file_bytes, stdlib_python_files
 from layerwise.util.errors import UserError
@@ -58,7 +60,11 @@ def _read_jsonl(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -
     """One document per line; a bad line names its file and line number."""
     base = stats.bytes_read
     with path.open("rb") as raw:
-        lines: Iterable[bytes] = gzip.GzipFile(fileobj=raw) if path.name.endswith(".gz") else raw
+        lines: Iterable[bytes] = raw
+        if path.name.endswith(".gz"):
+            lines = gzip.GzipFile(fileobj=raw)
+        elif path.name.endswith(".zst"):
+            lines = _zstd_lines(path, raw)
         for number, line in enumerate(lines, start=1):
             stats.bytes_read = base + raw.tell()
             if not line.strip():
@@ -77,6 +83,20 @@ def _read_jsonl(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -
                 _reject(f"{where}: {_missing_field(record, text_field)}", skip_bad, stats)
                 continue
             yield _repair_surrogates(value, stats)
+
+
+def _zstd_lines(path: Path, raw: BinaryIO) -> Iterator[bytes]:
+    """The lines of a zstandard stream (the `zstd` extra), a corrupt one named as unreadable."""
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise UserError(
+            f"{path}: reading .jsonl.zst needs zstandard: pip install 'layerwise[zstd]'"
+        ) from exc
+    try:
+        yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+    except zstandard.ZstdError as exc:
+        raise UserError(f"cannot read {path}: not a valid zstandard stream ({exc})") from exc
 
 
 def _read_txt(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
