@@ -155,3 +155,22 @@ def test_prepare_reads_jsonl_zst_as_it_reads_jsonl(reference, shared, tmp_path):
     with pytest.raises(UserError, match=r"cannot read .*bad.jsonl.zst"):
         prepare([tmp_path / "bad.jsonl.zst"], str(gpt2(shared)), tmp_path / "b", workers=1)
     assert not (tmp_path / "b").exists()
+
+
+def test_prepare_reads_a_saved_hf_dataset_in_its_state_order(reference, shared, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    root, ids = reference
+    texts = [json.loads(line)["text"] for line in (root / "docs.jsonl").read_text().splitlines()]
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    names = ["data-00001-of-00002.arrow", "data-00000-of-00002.arrow"]  # state order, not sorted
+    for name, part in zip(names, (texts[:30], texts[30:]), strict=True):
+        table = pa.table({"id": list(range(len(part))), "text": part})
+        with pa.ipc.new_stream(str(saved / name), table.schema) as writer:
+            writer.write_table(table, max_chunksize=7)
+    (saved / "state.json").write_text(json.dumps({"_data_files": [{"filename": n} for n in names]}))
+    (saved / "dataset_info.json").write_text("{}")
+    prepare([saved], str(gpt2(shared)), tmp_path / "out", val_tokens=0, workers=1)
+    assert np.array_equal(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16), ids)
+    with pytest.raises(UserError, match=r"no column 'body'.*--text-field"):
+        prepare([saved], str(gpt2(shared)), tmp_path / "x", text_field="body", workers=1)

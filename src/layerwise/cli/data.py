@@ -53,8 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         metavar="PATH",
         help=(
-            ".jsonl, .jsonl.gz, .json.gz, .jsonl.zst (one document per line), .txt (one per file), "
-            f".parquet, directories, globs, or {PYTHON_DOCS} (the standard library's docstrings)"
+            ".jsonl, .jsonl.gz, .json.gz, .jsonl.zst (one document per line), .txt (one per "
+            "file), .parquet, .arrow, `datasets` save_to_disk directories, other directories, "
+            f"globs, or {PYTHON_DOCS} (the standard library's docstrings)"
         ),
     )
     prep.add_argument(

@@ -8,6 +8,7 @@ same text given twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import sysconfig
@@ -23,7 +24,9 @@ PYTHON_DOCS = "python-docs"
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".jsonl.zst")
 TXT_SUFFIXES = (".txt",)
 PARQUET_SUFFIXES = (".parquet",)
-SUPPORTED_SUFFIXES = JSONL_SUFFIXES + TXT_SUFFIXES + PARQUET_SUFFIXES
+ARROW_SUFFIXES = (".arrow",)
+SUPPORTED_SUFFIXES = JSONL_SUFFIXES + TXT_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
+HF_STATE_FILE = "state.json"
 _HASH_CHUNK = 1 << 20
 _EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
@@ -77,6 +80,7 @@ def source_kind(path: Path) -> str | None:
         ("jsonl", JSONL_SUFFIXES),
         ("txt", TXT_SUFFIXES),
         ("parquet", PARQUET_SUFFIXES),
+        ("arrow", ARROW_SUFFIXES),
     ):
         if name.endswith(suffixes):
             return kind
@@ -92,6 +96,8 @@ def _explicit_source(path: Path) -> Source:
 
 
 def _sources_under(directory: Path, spec: str) -> list[Source]:
+    if (directory / HF_STATE_FILE).is_file():
+        return _saved_dataset(directory)
     found = [
         Source(kind, path)
         for path in sorted(directory.rglob("*"))
@@ -100,6 +106,22 @@ def _sources_under(directory: Path, spec: str) -> list[Source]:
     if not found:
         raise UserError(f"input {spec!r}: no {', '.join(SUPPORTED_SUFFIXES)} files in it")
     return found
+
+
+def _saved_dataset(directory: Path) -> list[Source]:
+    """The Arrow files of a Hugging Face `save_to_disk` directory, in the order its state.json
+    lists them (the dataset's row order), without needing the `datasets` package."""
+    state = directory / HF_STATE_FILE
+    try:
+        files = [
+            entry["filename"]
+            for entry in json.loads(state.read_text(encoding="utf-8"))["_data_files"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{state}: not the state.json of a `datasets` save_to_disk directory ({exc!r})"
+        ) from exc
+    return [Source("arrow", directory / str(name)) for name in files]
 
 
 def _sources_from_glob(pattern: str) -> list[Source]:

@@ -139,6 +139,41 @@ def _read_parquet(path: Path, text_field: str, skip_bad: bool, stats: ReadStats)
         stats.bytes_read = base + size * row // total_rows
 
 
+def _read_arrow(path: Path, text_field: str, skip_bad: bool, stats: ReadStats) -> Iterator[str]:
+    """Rows of one text column of an Arrow stream file (what `datasets` save_to_disk writes)."""
+    try:
+        import pyarrow as pa
+    except ImportError as exc:
+        raise UserError(
+            f"{path}: reading .arrow needs pyarrow: pip install 'layerwise[parquet]'"
+        ) from exc
+    base, row = stats.bytes_read, 0
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_stream(source)
+            if text_field not in reader.schema.names:
+                columns = ", ".join(reader.schema.names)
+                raise UserError(
+                    f"{path}: no column {text_field!r} (columns: {columns}; choose one with "
+                    "--text-field)"
+                )
+            column = reader.schema.get_field_index(text_field)
+            for batch in reader:
+                for value in batch.column(column).to_pylist():
+                    row += 1
+                    if isinstance(value, str):
+                        yield _repair_surrogates(value, stats)
+                    else:
+                        _reject(
+                            f"{path}: row {row}: {text_field!r} is {value!r}, not text",
+                            skip_bad,
+                            stats,
+                        )
+                stats.bytes_read = base + source.tell()
+    except pa.ArrowInvalid as exc:
+        raise UserError(f"{path}: not a readable Arrow stream file ({exc})") from exc
+
+
 def _read_python_docs(
     root: Path, text_field: str, skip_bad: bool, stats: ReadStats
 ) -> Iterator[str]:
@@ -151,6 +186,7 @@ _READERS: dict[str, Callable[[Path, str, bool, ReadStats], Iterator[str]]] = {
     "jsonl": _read_jsonl,
     "txt": _read_txt,
     "parquet": _read_parquet,
+    "arrow": _read_arrow,
     PYTHON_DOCS: _read_python_docs,
 }
 
