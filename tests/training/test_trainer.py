@@ -242,11 +242,9 @@ def test_evaluation_splits_windows_across_ranks(config_file: Path) -> None:
     config = with_data_vocab(tiny_config(config_file, "data.val_windows=7", "batch.micro_batch=2"))
     cpu = torch.device("cpu")
     run = setup_run(config, DistInfo(0, 0, 1, cpu), None)
-    whole = evaluate(run.model, run.val_windows, run.val_indices, 2, DistInfo(0, 0, 1, cpu), None)
-    parts = [
-        evaluate(run.model, run.val_windows, run.val_indices, 2, DistInfo(r, r, 2, cpu), None)
-        for r in (0, 1)
-    ]
+    _, windows, indices = run.val_sets[0]
+    whole = evaluate(run.model, windows, indices, 2, DistInfo(0, 0, 1, cpu), None)
+    parts = [evaluate(run.model, windows, indices, 2, DistInfo(r, r, 2, cpu), None) for r in (0, 1)]
     assert whole == pytest.approx((4 * parts[0] + 3 * parts[1]) / 7, rel=1e-6)
 
 

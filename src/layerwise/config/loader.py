@@ -25,7 +25,15 @@ from typing import Any, Literal
 
 import yaml
 
-from layerwise.config.schema import Config, batch_plan, total_steps, warmup_steps
+from layerwise.config.schema import (
+    SOURCE_KEYS,
+    Config,
+    DataConfig,
+    batch_plan,
+    data_sources,
+    total_steps,
+    warmup_steps,
+)
 from layerwise.util.errors import UserError
 from layerwise.util.imports import import_object
 from layerwise.util.units import parse_count
@@ -54,6 +62,7 @@ ALTERNATIVES = (
     ("batch.global_batch", "batch.global_batch_tokens"),
     ("train.steps", "train.tokens"),
     ("optim.warmup_steps", "optim.warmup_fraction"),
+    ("data.dir", "data.sources"),
 )
 """Pairs of keys that say one thing two ways: a later source that sets one replaces the other as
 an earlier source gave it (an override over the file, a file over what it inherits)."""
@@ -428,6 +437,10 @@ def _check_consistency(config: Config, sources: Mapping[str, str], default: str)
             "optim.warmup_fraction, which scales with the run)"
         )
     batch_plan(config, world_size=1)
+    if config.data.sources is not None:
+        if "data.dir" in sources and sources["data.dir"] == sources.get("data.sources"):
+            raise UserError(f"{where('data.dir')}: give data.dir or data.sources, not both")
+        _check_sources(config.data, where("data.sources"))
     for index, entry in enumerate(config.run.callbacks or ()):
         try:
             path, args = callback_spec(entry)
@@ -451,6 +464,41 @@ def callback_spec(entry: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             "{class: package.module:Class, args: {name: value}}"
         )
     return path, dict(args)
+
+
+def _check_sources(data: DataConfig, where: str) -> None:
+    """Each mixture entry: known keys, a directory, a finite weight >= 0, a unique name; and
+    some weight above zero. Whether the directories hold data is the data loader's check."""
+    assert data.sources is not None
+    if not data.sources:
+        raise UserError(f"{where}: data.sources is empty; list at least one {{dir, weight}}")
+    for i, source in enumerate(data.sources):
+        key = f"data.sources[{i}]"
+        for name in source:
+            if name not in SOURCE_KEYS:
+                raise UserError(
+                    f"{where}: unknown key {key}.{name}{_did_you_mean(str(name), SOURCE_KEYS)}; "
+                    f"a source has {', '.join(SOURCE_KEYS)}"
+                )
+        if not isinstance(source.get("dir"), str) or not source["dir"]:
+            raise UserError(f"{where}: {key}.dir must name a `data prepare` directory")
+        weight = source.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise UserError(f"{where}: {key}.weight = {weight!r} must be a number >= 0")
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"{where}: {key}.weight = {weight!r} must be a finite number >= 0")
+        if "name" in source and (not isinstance(source["name"], str) or not source["name"]):
+            raise UserError(f"{where}: {key}.name = {source['name']!r} must be a non-empty string")
+    if not any(source["weight"] > 0 for source in data.sources):
+        raise UserError(f"{where}: every data.sources weight is 0; give at least one a weight > 0")
+    seen: dict[str, int] = {}
+    for i, named in enumerate(data_sources(data)):
+        if named.name in seen:
+            raise UserError(
+                f"{where}: data.sources[{i}] is named {named.name!r} like "
+                f"data.sources[{seen[named.name]}]; give each source a distinct name"
+            )
+        seen[named.name] = i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,11 +533,24 @@ def is_operational(section: str, key: str) -> bool:
     )
 
 
+def _hashed_when_set(section: str, key: str) -> bool:
+    """Whether `section.key` is left out of the experiment while null (see _HASHED_WHEN_SET)."""
+    cls = _section_types()[section]
+    return any(
+        field_key(f) == key and f.metadata.get("hashed_when_set") for f in dataclasses.fields(cls)
+    )
+
+
 def experiment_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """The fields that decide what a run learns (all but the operational ones and sections)."""
+    """The fields that decide what a run learns (all but the operational ones and sections,
+    and the newer keys while they are null)."""
     operational = {f.name for f in dataclasses.fields(Config) if f.metadata.get("operational")}
     return {
-        section: {k: v for k, v in body.items() if not is_operational(section, k)}
+        section: {
+            k: v
+            for k, v in body.items()
+            if not is_operational(section, k) and not (v is None and _hashed_when_set(section, k))
+        }
         for section, body in config_to_dict(config).items()
         if section not in operational
     }
@@ -507,6 +568,8 @@ def experiment_differences(old: Config, new: Config) -> list[str]:
     return [
         f"{section}.{key}"
         for section, body in after.items()
-        for key, value in body.items()
-        if before[section][key] != value
+        for key in sorted(
+            set(body) | set(before[section]), key=list(config_to_dict(new)[section]).index
+        )
+        if before[section].get(key) != body.get(key)
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from layerwise.profiles.recipes import PRESETS
@@ -65,11 +66,54 @@ class ModelConfig:
     init_std: float = field(default=_BLOCK.init_std, metadata=_bounds(above=0))
 
 
+_HASHED_WHEN_SET = {"hashed_when_set": True}
+"""Field metadata for experiment keys added after runs were hashed: left out of the config hash
+while null, so those runs keep their hashes (and stay comparable and resumable)."""
+
+
 @dataclass
 class DataConfig:
+    """One `data prepare` directory (`dir`), or a weighted mixture of several (`sources`)."""
+
     dir: str = "data/python-docs"
     seq_len: int = field(default=1024, metadata=_bounds(1))
     val_windows: int = field(default=512, metadata=_bounds(1))
+    """Validation windows per source: each source is validated on its own first windows."""
+    sources: list[dict[str, Any]] | None = field(default=None, metadata=_HASHED_WHEN_SET)
+    """Instead of `dir`: [{dir, weight, name}, ...]; each step's windows come from each source
+    at its share of the weights. `name` (default: the directory's name) labels its metrics."""
+    max_epochs: float | None = field(
+        default=None, metadata={**_HASHED_WHEN_SET, **_bounds(above=0)}
+    )
+    """The most passes a run may make over any source's training windows; a run that would
+    need more is refused before it starts. Null: no limit (repeats are noted on stderr)."""
+
+
+SOURCE_KEYS = ("dir", "weight", "name")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One source of the training mixture, its weight normalised so that all sum to 1."""
+
+    name: str
+    dir: str
+    weight: float
+
+
+def data_sources(data: DataConfig) -> list[DataSource]:
+    """The run's sources: `data.sources` as checked by the loader, or `data.dir` alone."""
+    if data.sources is None:
+        return [DataSource(name=Path(data.dir).name or "data", dir=data.dir, weight=1.0)]
+    total = math.fsum(float(source["weight"]) for source in data.sources)
+    return [
+        DataSource(
+            name=source.get("name") or Path(source["dir"]).name,
+            dir=source["dir"],
+            weight=float(source["weight"]) / total,
+        )
+        for source in data.sources
+    ]
 
 
 @dataclass

@@ -9,7 +9,7 @@ different number of processes, see exactly the same sequences at each step.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeGuard
+from typing import Protocol, TypeGuard
 
 import numpy as np
 import torch
@@ -169,6 +169,20 @@ def validation_indices(n_windows: int, n: int) -> np.ndarray:
     return np.arange(min(max(n, 0), n_windows), dtype=np.int64)
 
 
+class Windows(Protocol):
+    """What `DeviceBatches` reads: one split's windows, or a mixture's (data.mixture)."""
+
+    def get(self, indices: np.ndarray) -> torch.Tensor: ...
+
+
+class Sampler(Protocol):
+    """What `DeviceBatches` draws from: `WindowSampler`, or a mixture's (data.mixture)."""
+
+    def next_indices(self) -> np.ndarray: ...
+
+    def state_dict(self) -> dict: ...
+
+
 class DeviceBatches:
     """Each step's windows on the training device, the next step's already on their way.
 
@@ -178,7 +192,7 @@ class DeviceBatches:
     position to checkpoint is the one before the prefetched batch: `state_dict` returns that.
     """
 
-    def __init__(self, windows: TokenWindows, sampler: WindowSampler, device: torch.device):
+    def __init__(self, windows: Windows, sampler: Sampler, device: torch.device):
         self.windows, self.sampler, self.device = windows, sampler, device
         self._pin = device.type == "cuda"
         self._next: tuple[dict, torch.Tensor] | None = None

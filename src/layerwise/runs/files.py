@@ -60,6 +60,9 @@ class RunSummary:
     """Why a callback ended the run before its last step (e.g. a pruned search trial)."""
     downstream: dict[str, Any] | None = None
     """The last downstream scores (`{"step", "tokens", "tasks"}`), when eval.tasks is set."""
+    final_val_sources: dict[str, dict[str, float]] | None = None
+    """The last validation per source (`{name: {"loss", "ppl"}}`), when data.sources is set;
+    `final_val_loss` is then their weighted mean."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

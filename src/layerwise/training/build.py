@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from layerwise.config.schema import Config
+from layerwise.config.schema import Config, data_sources
 from layerwise.data.meta import check_vocab_fits, read_meta
 from layerwise.distributed.env import DistInfo
 from layerwise.distributed.parallelize import SpeedOptions, Strategy
@@ -56,7 +56,7 @@ def parallel_strategy(config: Config, dist: DistInfo) -> Strategy:
 
 def with_data_vocab(config: Config) -> Config:
     """The config with `model.vocab_size` filled in from the data, checked against its ids."""
-    meta = read_meta(config.data.dir)
+    meta = read_meta(data_sources(config.data)[0].dir)  # the sources share one tokenizer
     vocab_size = resolve_vocab_size(config.model, meta)
     check_vocab_fits(meta, vocab_size)
     return replace(config, model=replace(config.model, vocab_size=vocab_size))

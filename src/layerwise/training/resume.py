@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerwise.config.loader import experiment_differences, load_config
-from layerwise.config.schema import Config, OptimConfig, total_steps
+from layerwise.config.schema import Config, OptimConfig, data_sources, total_steps
 from layerwise.data.meta import META_FILE, data_differences, read_meta
 from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR
 from layerwise.runs.lock import is_vacant
@@ -156,7 +156,8 @@ def recorded_data_differences(run_dir: Path, config: Config) -> list[str]:
     tokenizer/meta.json); nothing for a run that recorded none."""
     if not (run_dir / TOKENIZER_DIR / META_FILE).is_file():
         return []
-    return data_differences(read_meta(run_dir / TOKENIZER_DIR), read_meta(config.data.dir))
+    current = read_meta(data_sources(config.data)[0].dir)
+    return data_differences(read_meta(run_dir / TOKENIZER_DIR), current)
 
 
 def grouped(skipped: list[tuple[Path, str]]) -> str:

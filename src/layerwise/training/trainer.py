@@ -31,15 +31,17 @@ import torch
 from torch import nn
 
 from layerwise.config.loader import config_hash, dump_config
-from layerwise.config.schema import BatchPlan, Config, batch_plan, total_steps
-from layerwise.data.loader import (
-    DeviceBatches,
-    TokenWindows,
-    WindowSampler,
-    open_split,
-    validation_indices,
+from layerwise.config.schema import (
+    BatchPlan,
+    Config,
+    DataSource,
+    batch_plan,
+    data_sources,
+    total_steps,
 )
+from layerwise.data.loader import DeviceBatches, TokenWindows, WindowSampler, validation_indices
 from layerwise.data.meta import META_FILE, TOKENIZER_FILE
+from layerwise.data.mixture import MixedWindows, MixtureSampler, open_sources, repetition
 from layerwise.distributed.env import (
     DistInfo,
     all_reduce_sum,
@@ -143,8 +145,8 @@ class Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     batches: DeviceBatches
-    val_windows: TokenWindows
-    val_indices: np.ndarray
+    val_sets: list[tuple[DataSource, TokenWindows, np.ndarray]]
+    """Each source's validation windows and the indices validated, in `data.sources` order."""
     dtype: torch.dtype | None
     mfu: MfuBasis
     state: TrainerState
@@ -156,8 +158,16 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
     assert config.model.vocab_size is not None, "call with_data_vocab first"
     plan = batch_plan(config, dist.world_size)
     shape, budget = config_shape(config, config.model.vocab_size)
-    train_windows = open_split(config.data.dir, "train", config.data.seq_len)
-    val_windows = open_split(config.data.dir, "val", config.data.seq_len)
+    sources, mixture = data_sources(config.data), config.data.sources is not None
+    train_sets = open_sources(sources, "train", config.data.seq_len, mixture)
+    val_sets = open_sources(sources, "val", config.data.seq_len, mixture)
+    sizes = [len(windows) for windows in train_sets]
+    notes = repetition(
+        sources, sizes, total_steps(config) * plan.global_batch, config.data.max_epochs, mixture
+    )
+    if dist.is_main:
+        for note in notes:
+            print(f"layerwise: {note}", file=sys.stderr)
     dtype = compute_dtype(config.run.precision, dist.device)
     built = build_model(shape, config, dist.device)
     if checkpoint is None and config.init.from_ is not None:
@@ -172,9 +182,20 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
         dtype=dtype,
     )
     optimizer = build_optimizer(model, config.optim, dist.device)
-    sampler = WindowSampler(
-        len(train_windows), plan.global_batch, config.train.seed, dist.rank, dist.world_size
-    )
+    # one source reads exactly as `data.dir` does; several are interleaved at their weights
+    sampler: WindowSampler | MixtureSampler
+    train_windows: TokenWindows | MixedWindows
+    if len(train_sets) == 1:
+        train_windows = train_sets[0]
+        sampler = WindowSampler(
+            sizes[0], plan.global_batch, config.train.seed, dist.rank, dist.world_size
+        )
+    else:
+        train_windows = MixedWindows(train_sets)
+        weights = [source.weight for source in sources]
+        sampler = MixtureSampler(
+            sizes, weights, plan.global_batch, config.train.seed, dist.rank, dist.world_size
+        )
     state = TrainerState()
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, dist)
@@ -192,8 +213,10 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
         model=model,
         optimizer=optimizer,
         batches=DeviceBatches(train_windows, sampler, dist.device),
-        val_windows=val_windows,
-        val_indices=validation_indices(len(val_windows), config.data.val_windows),
+        val_sets=[
+            (source, windows, validation_indices(len(windows), config.data.val_windows))
+            for source, windows in zip(sources, val_sets, strict=True)
+        ],
         dtype=dtype,
         mfu=mfu_basis(
             flops_per_token(shape, config.data.seq_len),
@@ -228,6 +251,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._clock = time.perf_counter()
         self._wall_before = run.state.wall_time_s
+        self.val_sources: dict[str, dict[str, float]] | None = None
+        """The last validation's loss and perplexity per source, with data.sources."""
 
     # -- the surface callbacks see (TrainerView) ----------------------------------------------
 
@@ -275,12 +300,22 @@ class Trainer:
 
     def evaluate(self) -> float:
         run = self.run
-        loss = evaluate(
-            run.model, run.val_windows, run.val_indices, run.plan.micro_batch, run.dist, run.dtype
-        )
+        losses = {
+            source.name: evaluate(
+                run.model, windows, indices, run.plan.micro_batch, run.dist, run.dtype
+            )
+            for source, windows, indices in run.val_sets
+        }
+        # the mixture's loss: each source's at its weight (one source: its loss, unchanged)
+        loss = math.fsum(source.weight * losses[source.name] for source, _, _ in run.val_sets)
         self.state.val_loss = loss
-        record = {"type": "val", "step": self.state.step, "loss": loss}
+        record: dict[str, Any] = {"type": "val", "step": self.state.step, "loss": loss}
         record.update(ppl=math.exp(loss), tokens=self.state.tokens)
+        if run.config.data.sources is not None:
+            self.val_sources = {
+                name: {"loss": value, "ppl": math.exp(value)} for name, value in losses.items()
+            }
+            record["sources"] = self.val_sources
         self.log(record)
         self._emit("on_evaluation", record)
         return loss
@@ -450,7 +485,8 @@ def train_locked(
         record_run_files(run)
     trainer = Trainer(run, [*builtin_callbacks(run), *callbacks])
     trainer.fit()
-    summary = summarize(run, trainer.stop_reason, trainer.summary_fields())
+    fields = {**trainer.summary_fields(), "final_val_sources": trainer.val_sources}
+    summary = summarize(run, trainer.stop_reason, fields)
     if dist.is_main:
         atomic_write_json(run.run_dir / SUMMARY_FILE, summary.to_dict())
     return summary
@@ -473,7 +509,7 @@ def finished_summary(run_dir: Path, point: ResumePoint, steps: int) -> RunSummar
 
 def record_run_files(run: Run) -> None:
     """Rank 0: the resolved config and the data's tokenizer go into the run directory."""
-    data_dir = Path(run.config.data.dir)
+    data_dir = Path(data_sources(run.config.data)[0].dir)
     found = {name: data_dir / name for name in (META_FILE, TOKENIZER_FILE)}
     tokenizer = {name: path for name, path in found.items() if path.exists()}
     write_run_files(run.run_dir, dump_config(run.config), tokenizer)

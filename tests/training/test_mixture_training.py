@@ -1,0 +1,60 @@
+"""Training on data.sources: per-source validation in metrics.jsonl and summary.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.helpers import TINY_RUN, markov_tokens, write_token_dir
+
+from layerwise.cli import main as cli_main
+from layerwise.config.loader import config_from_dict
+from layerwise.launch import train
+from layerwise.runs.files import RunSummary, read_records
+
+
+def tiny(run_dir: Path, data: dict) -> dict:
+    sections = {name: dict(body) for name, body in TINY_RUN.items()}
+    sections["data"].update(data)
+    sections["train"].update(steps=6)
+    sections["run"]["dir"] = str(run_dir)
+    return sections
+
+
+def test_one_source_validates_exactly_as_data_dir(markov_data: Path, tmp_path: Path) -> None:
+    plain = train(config_from_dict(tiny(tmp_path / "plain", {"dir": str(markov_data)})))
+    source = [{"dir": str(markov_data), "weight": 1, "name": "markov"}]
+    mixed = train(config_from_dict(tiny(tmp_path / "mixed", {"sources": source})))
+    assert mixed.final_val_loss == plain.final_val_loss
+    assert mixed.final_val_sources == {
+        "markov": {"loss": plain.final_val_loss, "ppl": plain.final_val_ppl}
+    }
+    records = [r for r in read_records(tmp_path / "mixed" / "metrics.jsonl") if r["type"] == "val"]
+    assert all(r["sources"]["markov"]["loss"] == r["loss"] for r in records)
+    assert RunSummary.load(tmp_path / "plain" / "summary.json").final_val_sources is None
+
+
+def test_two_sources_are_validated_each_and_weighted(markov_data: Path, tmp_path: Path) -> None:
+    other = write_token_dir(
+        tmp_path / "other", {"train": markov_tokens(3000, 7), "val": markov_tokens(400, 8)}, 61
+    )
+    sources = [{"dir": str(markov_data), "weight": 3}, {"dir": str(other), "weight": 1}]
+    summary = train(config_from_dict(tiny(tmp_path / "run", {"sources": sources})))
+    per_source = summary.final_val_sources
+    assert per_source is not None and set(per_source) == {markov_data.name, "other"}
+    weighted = 0.75 * per_source[markov_data.name]["loss"] + 0.25 * per_source["other"]["loss"]
+    assert summary.final_val_loss == pytest.approx(weighted, rel=1e-12)
+
+
+def test_a_bad_source_exits_2_and_writes_nothing(
+    markov_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"data: {{sources: [{{dir: {markov_data}, weight: 1}}, {{dir: {tmp_path / 'no'}, weight: 1}}]}}\n"
+        f"batch: {{global_batch: 8, micro_batch: 4}}\ntrain: {{steps: 2}}\n"
+        f"run: {{dir: {tmp_path / 'run'}, device: cpu}}\n"
+    )
+    assert cli_main(["train", str(config)]) == 2
+    assert "data.sources[1].dir" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()
