@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tests.helpers import markov_tokens, write_token_dir
 
-from layerwise.config.loader import config_from_dict, config_hash, experiment_dict
+from layerwise.config.loader import config_from_dict, config_hash, config_to_dict, experiment_dict
 from layerwise.config.schema import DataSource, data_sources
 from layerwise.data.mixture import MixedWindows, MixtureSampler, open_sources, repetition
 from layerwise.util.errors import UserError
@@ -144,3 +144,11 @@ def test_sources_are_part_of_the_experiment_but_leave_old_hashes_alone() -> None
     assert len({config_hash(plain), config_hash(one), config_hash(other)}) == 3
     assert "sources" not in experiment_dict(plain)["data"]
     assert [s.weight for s in data_sources(other.data)] == [0.5, 0.5]
+
+
+def test_data_dir_beside_sources_in_one_file_is_refused_but_a_saved_config_loads() -> None:
+    both = mixture_config([{"dir": "a", "weight": 1}], dir="elsewhere")
+    with pytest.raises(UserError, match=r"run.yaml: give data.dir or data.sources, not both"):
+        config_from_dict(both, default_source="run.yaml")
+    saved = config_to_dict(config_from_dict(mixture_config([{"dir": "a", "weight": 1}])))
+    assert config_from_dict(saved).data.sources == [{"dir": "a", "weight": 1}]

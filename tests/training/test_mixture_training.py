@@ -11,6 +11,7 @@ from layerwise.cli import main as cli_main
 from layerwise.config.loader import config_from_dict
 from layerwise.launch import train
 from layerwise.runs.files import RunSummary, read_records
+from layerwise.util.errors import UserError
 
 
 def tiny(run_dir: Path, data: dict) -> dict:
@@ -58,3 +59,19 @@ def test_a_bad_source_exits_2_and_writes_nothing(
     assert cli_main(["train", str(config)]) == 2
     assert "data.sources[1].dir" in capsys.readouterr().err
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_resume_checks_every_source_it_recorded(markov_data: Path, tmp_path: Path) -> None:
+    def other(seed: int) -> Path:
+        splits = {"train": markov_tokens(3000, seed), "val": markov_tokens(400, 8)}
+        return write_token_dir(tmp_path / "other", splits, 61)
+
+    sources = [{"dir": str(markov_data), "weight": 1}, {"dir": str(other(7)), "weight": 1}]
+    sections = tiny(tmp_path / "run", {"sources": sources})
+    train(config_from_dict(sections))
+    assert (tmp_path / "run" / "tokenizer" / "sources" / "other" / "meta.json").is_file()
+    sections["run"]["resume"] = "auto"
+    assert train(config_from_dict(sections)).steps == 6  # the same data: finished, as it was
+    other(9)  # the second source re-prepared with other tokens of the same size
+    with pytest.raises(UserError, match=r"cannot resume .*source 'other': split train"):
+        train(config_from_dict(sections))

@@ -438,7 +438,9 @@ def _check_consistency(config: Config, sources: Mapping[str, str], default: str)
         )
     batch_plan(config, world_size=1)
     if config.data.sources is not None:
-        if "data.dir" in sources and sources["data.dir"] == sources.get("data.sources"):
+        # a saved config.yaml holds every key, so data.dir at its default is no conflict
+        given_dir = config.data.dir != DataConfig().dir
+        if given_dir and sources.get("data.dir", default) == sources.get("data.sources", default):
             raise UserError(f"{where('data.dir')}: give data.dir or data.sources, not both")
         _check_sources(config.data, where("data.sources"))
     for index, entry in enumerate(config.run.callbacks or ()):

@@ -26,6 +26,8 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 TOKENIZER_DIR = "tokenizer"
 """The data's meta.json and tokenizer.json, copied so the run can be used without its data."""
+SOURCES_DIR = "sources"
+"""Under TOKENIZER_DIR, `<name>/meta.json` of each `data.sources` entry: the mixture's identity."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def write_run_files(run_dir: Path, config_yaml: str, tokenizer: Mapping[str, Pat
     tokenizer_dir = run_dir / TOKENIZER_DIR
     tokenizer_dir.mkdir(exist_ok=True)
     for name, source in tokenizer.items():
+        (tokenizer_dir / name).parent.mkdir(parents=True, exist_ok=True)
         if isinstance(source, Path):
             shutil.copyfile(source, tokenizer_dir / name)
         else:

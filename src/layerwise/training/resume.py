@@ -19,7 +19,13 @@ from pathlib import Path
 from layerwise.config.loader import experiment_differences, load_config
 from layerwise.config.schema import Config, OptimConfig, data_sources, total_steps
 from layerwise.data.meta import META_FILE, data_differences, read_meta
-from layerwise.runs.files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TOKENIZER_DIR
+from layerwise.runs.files import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SOURCES_DIR,
+    SUMMARY_FILE,
+    TOKENIZER_DIR,
+)
 from layerwise.runs.lock import is_vacant
 from layerwise.training.checkpoint import CHECKPOINT_DIR, choose_checkpoint, list_checkpoints
 from layerwise.training.optim import lr_at
@@ -117,7 +123,7 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
     data = recorded_data_differences(run_dir, config)
     if data:
         raise UserError(
-            f"cannot resume {run_dir}: {config.data.dir} is not the data it was trained on "
+            f"cannot resume {run_dir}: {data_name(config)} is not the data it was trained on "
             f"({'; '.join(data)}); resume with that data (or data of the same tokenizer, for an "
             "imported checkpoint), or start a new run in another run.dir"
         )
@@ -153,11 +159,27 @@ def resume(run_dir: Path, config: Config) -> ResumePoint:
 
 def recorded_data_differences(run_dir: Path, config: Config) -> list[str]:
     """How `config`'s data differs from the data the run in `run_dir` recorded (its
-    tokenizer/meta.json); nothing for a run that recorded none."""
-    if not (run_dir / TOKENIZER_DIR / META_FILE).is_file():
+    tokenizer/meta.json, and with data.sources each source's tokenizer/sources/NAME/meta.json);
+    nothing for a run that recorded none."""
+    recorded = run_dir / TOKENIZER_DIR
+    if not (recorded / META_FILE).is_file():
         return []
-    current = read_meta(data_sources(config.data)[0].dir)
-    return data_differences(read_meta(run_dir / TOKENIZER_DIR), current)
+    if config.data.sources is None:
+        return data_differences(read_meta(recorded), read_meta(config.data.dir))
+    differences = []
+    for source in data_sources(config.data):
+        kept = recorded / SOURCES_DIR / source.name
+        old = read_meta(kept if (kept / META_FILE).is_file() else recorded)
+        lines = data_differences(old, read_meta(source.dir))
+        differences += [f"source {source.name!r}: {line}" for line in lines]
+    return differences
+
+
+def data_name(config: Config) -> str:
+    """The data a config reads, for messages: its data.dir, or its sources' directories."""
+    if config.data.sources is None:
+        return config.data.dir
+    return ", ".join(source.dir for source in data_sources(config.data))
 
 
 def grouped(skipped: list[tuple[Path, str]]) -> str:

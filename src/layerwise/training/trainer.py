@@ -53,7 +53,7 @@ from layerwise.distributed.parallelize import parallelize
 from layerwise.nn.precision import compute_dtype
 from layerwise.profiles.budget import BudgetResult
 from layerwise.profiles.shape import ModelShape, flops_per_token, non_embedding_params, total_params
-from layerwise.runs.files import SUMMARY_FILE, RunSummary, write_run_files
+from layerwise.runs.files import SOURCES_DIR, SUMMARY_FILE, RunSummary, write_run_files
 from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import build_model, parallel_strategy, speed_options, with_data_vocab
 from layerwise.training.callbacks.base import Callback, StepRecord
@@ -512,6 +512,9 @@ def record_run_files(run: Run) -> None:
     data_dir = Path(data_sources(run.config.data)[0].dir)
     found = {name: data_dir / name for name in (META_FILE, TOKENIZER_FILE)}
     tokenizer = {name: path for name, path in found.items() if path.exists()}
+    if run.config.data.sources is not None:
+        for source, _, _ in run.val_sets:
+            tokenizer[f"{SOURCES_DIR}/{source.name}/{META_FILE}"] = Path(source.dir) / META_FILE
     write_run_files(run.run_dir, dump_config(run.config), tokenizer)
 
 
