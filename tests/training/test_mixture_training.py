@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from tests.helpers import TINY_RUN, markov_tokens, write_token_dir
 
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import config_from_dict
 from layerwise.launch import train
 from layerwise.runs.files import RunSummary, read_records
+from layerwise.training.checkpoint import list_checkpoints
 from layerwise.util.errors import UserError
 
 
@@ -75,3 +82,39 @@ def test_resume_checks_every_source_it_recorded(markov_data: Path, tmp_path: Pat
     other(9)  # the second source re-prepared with other tokens of the same size
     with pytest.raises(UserError, match=r"cannot resume .*source 'other': split train"):
         train(config_from_dict(sections))
+
+
+def test_a_mixture_killed_mid_run_resumes_to_the_uninterrupted_losses(
+    markov_data: Path, tmp_path: Path
+) -> None:
+    """kill -9 after a checkpoint, then --resume: the sampler's mixed position was saved."""
+    other = write_token_dir(
+        tmp_path / "other", {"train": markov_tokens(3000, 7), "val": markov_tokens(400, 8)}, 61
+    )
+    sources = [{"dir": str(markov_data), "weight": 2}, {"dir": str(other), "weight": 1}]
+    sections = tiny(tmp_path / "run", {"sources": sources})
+    sections["train"].update(steps=40, val_interval=20)
+    sections["checkpoint"].update(interval=5)
+    config = tmp_path / "mix.yaml"
+    config.write_text(yaml.safe_dump(sections))
+    command = [sys.executable, "-m", "layerwise", "train", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run([*command, f"run.dir={reference}"], check=True, env=env, capture_output=True)
+
+    run_dir = tmp_path / "run"
+    victim = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert list_checkpoints(run_dir)[-1][0] < 40, "the run finished before it could be killed"
+    subprocess.run([*command, "--resume"], check=True, env=env, capture_output=True)
+
+    def records(directory: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in read_records(directory / "metrics.jsonl")]
+
+    assert records(run_dir) == records(reference)
