@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers import markov_tokens, write_token_dir
 
+from helpers import markov_tokens, write_token_dir
 from layerwise.config.loader import config_from_dict, config_hash, config_to_dict, experiment_dict
 from layerwise.config.schema import DataSource, data_sources
 from layerwise.data.mixture import MixedWindows, MixtureSampler, open_sources, repetition

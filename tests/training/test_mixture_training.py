@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.helpers import TINY_RUN, markov_tokens, write_token_dir
 
+from helpers import TINY_RUN, markov_tokens, write_token_dir
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import config_from_dict
 from layerwise.launch import train
 from layerwise.runs.files import RunSummary, read_records
+from layerwise.runs.listing import list_runs
 from layerwise.training.checkpoint import list_checkpoints
 from layerwise.util.errors import UserError
 
@@ -52,6 +53,8 @@ def test_two_sources_are_validated_each_and_weighted(markov_data: Path, tmp_path
     assert per_source is not None and set(per_source) == {markov_data.name, "other"}
     weighted = 0.75 * per_source[markov_data.name]["loss"] + 0.25 * per_source["other"]["loss"]
     assert summary.final_val_loss == pytest.approx(weighted, rel=1e-12)
+    (status,) = list_runs(tmp_path / "run")
+    assert status.val_sources == {name: scores["loss"] for name, scores in per_source.items()}
 
 
 def test_a_bad_source_exits_2_and_writes_nothing(

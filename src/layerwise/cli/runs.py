@@ -52,8 +52,14 @@ def status_table(statuses: Sequence[RunStatus]) -> Table:
     table.add_column("status", overflow="fold")
     for numeric in ("step", "train loss", "val loss", "val ppl"):
         table.add_column(numeric, justify="right")
+    mixtures = any(status.val_sources for status in statuses)
+    if mixtures:
+        table.add_column("val loss by source", overflow="fold")
     for status in statuses:
         step = "-" if status.step is None else f"{status.step}/{status.steps}"
+        by_source = ", ".join(
+            f"{name} {loss:.4f}" for name, loss in (status.val_sources or {}).items()
+        )
         table.add_row(
             status.run_dir,
             status.profile or "-",
@@ -62,5 +68,6 @@ def status_table(statuses: Sequence[RunStatus]) -> Table:
             _number(status.train_loss, ".4f"),
             _number(status.val_loss, ".4f"),
             _number(status.val_ppl, ".2f"),
+            *([by_source or "-"] if mixtures else []),
         )
     return table

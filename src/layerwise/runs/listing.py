@@ -84,6 +84,8 @@ class RunStatus:
     val_loss: float | None
     val_ppl: float | None
     problem: str | None
+    val_sources: dict[str, float] | None = None
+    """The latest validation loss per source, for a run on data.sources."""
 
     @property
     def description(self) -> str:
@@ -124,6 +126,11 @@ def run_status(run_dir: Path) -> RunStatus:
         val_loss=val[-1]["loss"] if val else None,
         val_ppl=val[-1]["ppl"] if val else None,
         problem=None,
+        val_sources=(
+            {name: scores["loss"] for name, scores in val[-1]["sources"].items()}
+            if val and "sources" in val[-1]
+            else None
+        ),
     )
 
 
