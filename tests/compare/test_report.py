@@ -144,3 +144,23 @@ def test_report_analyze_adds_the_layer_analysis(comparison: Path) -> None:
     markdown = (comparison / "report.md").read_text()
     assert "## Layer analysis" in markdown and "](analysis/logit_lens.png)" in markdown
     assert "<h2>Layer analysis</h2>" in (comparison / "report.html").read_text()
+
+
+def test_runs_on_several_sources_get_a_table_of_their_validation(comparison: Path) -> None:
+    """Per-source validation (written into the summaries as the trainer does for data.sources)
+    gives the report a row x source table; runs on one data directory get none (above)."""
+    assert "Validation by source" not in (comparison / "report.md").read_text()
+    for seed in (0, 1):
+        for profile, web in (("isotropic", 4.0), ("crown", 3.0)):
+            path = comparison / profile / f"seed{seed}" / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["final_val_sources"] = {
+                "web": {"loss": web + seed, "ppl": 1.0},
+                "wiki": {"loss": 5.0, "ppl": 1.0},
+            }
+            path.write_text(json.dumps(summary))
+    assert main(["report", str(comparison)]) == 0
+    markdown = (comparison / "report.md").read_text()
+    assert "## Validation by source" in markdown
+    assert "| web | wiki |" in markdown
+    assert "| 3.5000 | 5.0000 |" in markdown and "| 4.5000 | 5.0000 |" in markdown

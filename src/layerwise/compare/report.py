@@ -392,6 +392,39 @@ def transfer_section(context: ReportContext) -> Section | None:
     )
 
 
+def sources_section(context: ReportContext) -> Section | None:
+    """Each row's final validation loss on each source of a `data.sources` mixture (the mean
+    over seeds), when the runs trained on more than one source."""
+    sources = [
+        name
+        for runs in context.runs.values()
+        for run in runs[:1]
+        for name in (run.summary.final_val_sources or {})
+    ]
+    names = list(dict.fromkeys(sources))
+    if len(names) < 2:
+        return None
+
+    def loss(run: RunResult, name: str) -> float | None:
+        scores = (run.summary.final_val_sources or {}).get(name)
+        return None if scores is None else scores["loss"]
+
+    table_rows = tuple(
+        (
+            row,
+            _fmt(_mean([r.summary.final_val_loss for r in runs]), ".4f"),
+            *(_fmt(_mean([loss(r, name) for r in runs]), ".4f") for name in names),
+        )
+        for row, runs in context.runs.items()
+    )
+    text = (
+        "Final validation loss on each source's own windows (mean over seeds); the mixture's "
+        "is their mean at the sources' weights."
+    )
+    header = ("Row", "Mixture", *names)
+    return Section("Validation by source", (Paragraph(text), Table(header, table_rows)))
+
+
 def downstream_report_section(context: ReportContext) -> Section | None:
     """Downstream task scores per row (layerwise.evaluation), when the runs measured any."""
     refs = [
@@ -421,6 +454,7 @@ def analysis_report_section(context: ReportContext) -> Section | None:
 
 SECTION_BUILDERS: list[SectionBuilder] = [
     summary_section,
+    sources_section,
     transfer_section,
     downstream_report_section,
     analysis_report_section,
