@@ -213,3 +213,23 @@ def test_ddp_and_fsdp_agree_in_bf16(config_file: Path, tmp_path: Path) -> None:
     ddp, fsdp = losses(runs["ddp"]), losses(runs["fsdp"])
     assert [s for s, _ in ddp] == [s for s, _ in fsdp] == list(range(1, 9))
     np.testing.assert_allclose([v for _, v in fsdp], [v for _, v in ddp], rtol=0, atol=1e-4)
+
+
+def test_a_mixture_on_two_processes_matches_one_process(config_file: Path, tmp_path: Path) -> None:
+    """data.sources shards as one directory does: each rank its share of the same global batch,
+    and per-source validation split over the ranks."""
+    rng = np.random.default_rng(1)
+    splits = {"train": rng.integers(0, VOCAB, 2000), "val": rng.integers(0, VOCAB, 300)}
+    other = write_token_dir(
+        tmp_path / "other", {k: v.astype(np.uint16) for k, v in splits.items()}, VOCAB
+    )
+    mixture = (
+        f"data.sources=[{{dir: {config_file.parent}, weight: 2}}, {{dir: {other}, weight: 1}}]"
+    )
+    run_to_end(train_command(config_file, tmp_path / "one", 1, mixture))
+    run_to_end(train_command(config_file, tmp_path / "two", 2, mixture, "parallel.strategy=ddp"))
+    assert_close_losses(tmp_path / "two", tmp_path / "one")
+    by_source = [
+        r["sources"] for r in read_records(tmp_path / "two" / "metrics.jsonl") if r["type"] == "val"
+    ]
+    assert by_source and set(by_source[-1]) == {config_file.parent.name, "other"}
