@@ -129,3 +129,14 @@ run:
 """The comparison tests' base config: 4 layers, 12 steps; data.dir is set by each test."""
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every train record in a run's metrics log, in order."""
+    from layerwise.runs.files import read_records
+
+    return [
+        (r["step"], r["loss"])
+        for r in read_records(run_dir / "metrics.jsonl")
+        if r["type"] == "train"
+    ]

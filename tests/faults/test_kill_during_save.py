@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import train_losses
 from layerwise.cli import main as cli_main
-from layerwise.runs.files import read_records
 from layerwise.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, verify_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -56,24 +56,6 @@ PHASES = {
     "after the rename": ("checkpoint", "fsync_dir"),
     "pruning older checkpoints": ("checkpoint", "_prune"),
 }
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [
-        (r["step"], r["loss"])
-        for r in read_records(run_dir / "metrics.jsonl")
-        if r["type"] == "train"
-    ]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
-    from helpers import tiny_run_config
-
-    root = tmp_path_factory.mktemp("reference")
-    config = tiny_run_config(root / "tiny.yaml", markov_data, root / "run")
-    assert cli_main(["train", str(config)]) == 0
-    return root / "run"
 
 
 @pytest.mark.parametrize("save", [1, 2], ids=["first save", "second save"])

@@ -18,30 +18,12 @@ from typing import Any
 
 import pytest
 
-from helpers import tiny_run_config
+from helpers import train_losses
 from layerwise.cli import main as cli_main
-from layerwise.runs.files import read_records
 from layerwise.training import checkpoint, step, trainer
 from layerwise.training.callbacks.base import Callback, TrainerView
 
 pytestmark = pytest.mark.slow
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [
-        (r["step"], r["loss"])
-        for r in read_records(run_dir / "metrics.jsonl")
-        if r["type"] == "train"
-    ]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) -> Path:
-    root = tmp_path_factory.mktemp("reference")
-    assert (
-        cli_main(["train", str(tiny_run_config(root / "t.yaml", markov_data, root / "run"))]) == 0
-    )
-    return root / "run"
 
 
 class SignalWhen(Callback):

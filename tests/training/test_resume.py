@@ -9,11 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, MARKOV_VOCAB, markov_tokens, tiny_run_config, write_token_dir
+from helpers import (
+    CONFIGS,
+    MARKOV_VOCAB,
+    markov_tokens,
+    tiny_run_config,
+    train_losses,
+    write_token_dir,
+)
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import load_config
 from layerwise.launch import train
-from layerwise.runs.files import read_records
 from layerwise.training import checkpoint as checkpointing
 from layerwise.training.checkpoint import CHECKPOINT_DIR, list_checkpoints
 from layerwise.training.resume import first_divergence
@@ -31,11 +37,6 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, markov_data: Path) ->
     root = tmp_path_factory.mktemp("finished")
     train(load_config(tiny_run_config(root / "tiny.yaml", markov_data, root / "run")))
     return root
-
-
-def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    records = read_records(run_dir / "metrics.jsonl")
-    return [(r["step"], r["loss"]) for r in records if r["type"] == "train"]
 
 
 def copy_run(finished: Path, tmp_path: Path) -> tuple[Path, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from layerwise.data.inputs import PYTHON_DOCS
 from layerwise.data.prepare import DEFAULT_VAL_FRACTION, PrepareResult, prepare
@@ -137,24 +138,34 @@ def add_import_parser(commands: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=run_import)
 
 
-def run_import(args: argparse.Namespace) -> int:
-    """Import, then print the summary line."""
+def until_signal(work: Callable[[], str]) -> int:
+    """Run `work` and print the line it returns; SIGTERM gives one line and 143, as Ctrl-C
+    gives 130."""
     try:
-        result = import_tokens(
-            args.tokens,
-            args.dtype,
-            args.tokenizer,
-            args.out,
-            val_tokens=args.val_tokens,
-            val_files=args.val_files,
-            eos_id=args.eos_id,
-            overwrite=args.overwrite,
-        )
+        line = work()
     except Terminated as exc:
         print(f"layerwise: {exc}", file=sys.stderr)
         return 128 + exc.signum
-    print(import_line(result), file=sys.stderr)
+    print(line, file=sys.stderr)
     return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import, then print the summary line."""
+    return until_signal(
+        lambda: import_line(
+            import_tokens(
+                args.tokens,
+                args.dtype,
+                args.tokenizer,
+                args.out,
+                val_tokens=args.val_tokens,
+                val_files=args.val_files,
+                eos_id=args.eos_id,
+                overwrite=args.overwrite,
+            )
+        )
+    )
 
 
 def import_line(result: ImportResult) -> str:
@@ -171,25 +182,23 @@ def import_line(result: ImportResult) -> str:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    """Prepare, then print the summary; SIGTERM gives one line and 143, as Ctrl-C gives 130."""
-    try:
-        result = prepare(
-            args.inputs,
-            args.tokenizer,
-            args.out,
-            val_tokens=args.val_tokens,
-            val_fraction=args.val_fraction,
-            text_field=args.text_field,
-            seed=args.seed,
-            overwrite=args.overwrite,
-            skip_bad=args.skip_bad,
-            workers=args.workers,
+    """Prepare, then print the summary line."""
+    return until_signal(
+        lambda: summary_line(
+            prepare(
+                args.inputs,
+                args.tokenizer,
+                args.out,
+                val_tokens=args.val_tokens,
+                val_fraction=args.val_fraction,
+                text_field=args.text_field,
+                seed=args.seed,
+                overwrite=args.overwrite,
+                skip_bad=args.skip_bad,
+                workers=args.workers,
+            )
         )
-    except Terminated as exc:
-        print(f"layerwise: {exc}", file=sys.stderr)
-        return 128 + exc.signum
-    print(summary_line(result), file=sys.stderr)
-    return 0
+    )
 
 
 def summary_line(result: PrepareResult) -> str:

@@ -148,7 +148,7 @@ class WindowSampler:
         """Resume at a saved position; refuse one that cannot come from this data and batch."""
         epoch, cursor = state.get("epoch"), state.get("cursor")
         if (
-            not (_is_count(epoch) and _is_count(cursor))
+            not (is_count(epoch) and is_count(cursor))
             or epoch < 0
             or not 0 <= cursor <= self.n_windows
         ):
@@ -159,7 +159,7 @@ class WindowSampler:
         self.epoch, self.cursor = epoch, cursor
 
 
-def _is_count(value: object) -> TypeGuard[int]:
+def is_count(value: object) -> TypeGuard[int]:
     """A whole number from the saved state: an int, but not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 

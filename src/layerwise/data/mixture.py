@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from layerwise.config.schema import DataSource
-from layerwise.data.loader import TokenWindows, WindowSampler, _is_count, open_split
+from layerwise.data.loader import TokenWindows, WindowSampler, is_count, open_split
 from layerwise.data.meta import META_FILE, read_meta
 from layerwise.util.errors import UserError
 
@@ -157,10 +157,10 @@ class MixtureSampler:
         """Resume at a saved position; refuse one that cannot come from these sources."""
         step, drawn = state.get("step"), state.get("drawn")
         if (
-            not _is_count(step)
+            not is_count(step)
             or not isinstance(drawn, list)
             or len(drawn) != len(self.sizes)
-            or not all(_is_count(d) and d >= 0 for d in drawn)
+            or not all(is_count(d) and d >= 0 for d in drawn)
             or sum(drawn) != step * self.global_batch
         ):
             raise UserError(

@@ -279,9 +279,9 @@ def prepare(
     Validation takes whole documents, in an order drawn from `seed`, until it holds at least
     `val_tokens` (or `val_fraction` of all tokens; default DEFAULT_VAL_FRACTION).
     `show_progress=None` shows the bar only when stderr is a terminal. Nothing is replaced but
-    an earlier output (see `_check_out_dir`); repeated inputs are read once. SIGTERM raises
+    an earlier output (see `check_out_dir`); repeated inputs are read once. SIGTERM raises
     Terminated once the workers are stopped and the partial output is removed. What an earlier
-    run of OUT killed outright left is cleared first (`_clear_abandoned`).
+    run of OUT killed outright left is cleared first (`clear_abandoned`).
     """
     started = time.perf_counter()
     out_dir = Path(os.path.normpath(Path(out).expanduser()))
@@ -292,17 +292,17 @@ def prepare(
     sources = resolve_inputs(inputs)
     if not sources:
         raise UserError("no inputs given")
-    _clear_abandoned(out_dir)
-    _check_out_dir(out_dir, overwrite, sources, None if trains_bpe else tokenizer)
+    clear_abandoned(out_dir)
+    check_out_dir(out_dir, overwrite, sources, None if trains_bpe else tokenizer)
     named_or_size = _named_or_bpe_size(tokenizer)
     options = _PrepareOptions(val_tokens, val_fraction, text_field, seed, skip_bad, workers)
     enabled = sys.stderr.isatty() if show_progress is None else show_progress
-    with sigterm_raises("stopped, and removed the unfinished output"), _output_errors(out_dir):
+    with sigterm_raises("stopped, and removed the unfinished output"), output_errors(out_dir):
         sources, input_infos, repeats = unique_sources(sources)
         if repeats:
             _warn(f"ignoring {len(repeats)} repeated input(s), read once: {_listed(repeats)}")
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work_dir = _sibling_dir(out_dir, "tmp")
+        work_dir = sibling_dir(out_dir, "tmp")
         try:
             with _progress(enabled, sum(info.bytes for info in input_infos)) as progress:
                 loaded = (
@@ -313,7 +313,7 @@ def prepare(
                 meta = _prepare_into(work_dir, sources, loaded, options, progress)
             meta = replace(meta, inputs=input_infos, data_dir=out_dir)
             (work_dir / META_FILE).write_text(meta_to_json(meta), encoding="utf-8")
-            _replace_dir(work_dir, out_dir)
+            replace_dir(work_dir, out_dir)
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
@@ -359,7 +359,7 @@ def _check_not_in_worker(workers: int, trains_bpe: bool) -> None:
         )
 
 
-def _check_out_dir(
+def check_out_dir(
     out_dir: Path, overwrite: bool, sources: Sequence[Source], tokenizer: str | None
 ) -> None:
     """Refuse an output whose replacement would delete anything but an earlier output.
@@ -451,7 +451,7 @@ def _plain_file(path: Path) -> bool:
 
 
 @contextmanager
-def _output_errors(out_dir: Path) -> Iterator[None]:
+def output_errors(out_dir: Path) -> Iterator[None]:
     """A failed write (full disk, no permission) as a UserError that says what to do about OUT.
 
     Every OSError that gets this far comes from writing the output: failures to read an input
@@ -653,7 +653,7 @@ def _split_out_validation(
     )
 
 
-def _replace_dir(work_dir: Path, out_dir: Path) -> None:
+def replace_dir(work_dir: Path, out_dir: Path) -> None:
     """Put the finished directory in place; an old one is moved aside first, then deleted.
 
     Should the second rename fail (or a signal land between the two), the old one goes back.
@@ -661,7 +661,7 @@ def _replace_dir(work_dir: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         work_dir.rename(out_dir)
         return
-    trash = _sibling_dir(out_dir, "old")
+    trash = sibling_dir(out_dir, "old")
     old = trash / out_dir.name
     try:
         out_dir.rename(old)
@@ -674,13 +674,13 @@ def _replace_dir(work_dir: Path, out_dir: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _sibling_dir(out_dir: Path, role: str) -> Path:
+def sibling_dir(out_dir: Path, role: str) -> Path:
     """A new hidden directory next to OUT: same file system, so the final rename is atomic.
 
     Made with mkdir (not mkdtemp) so the output gets the usual umask permissions, not 0700.
     Its name, `.OUT.ROLE-HOST-PID-RANDOM`, says whose it is, so that once that process has
     ended without removing it (SIGKILL, a power cut) a later prepare of OUT can
-    (`_clear_abandoned`).
+    (`clear_abandoned`).
     """
     while True:
         owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -692,15 +692,15 @@ def _sibling_dir(out_dir: Path, role: str) -> Path:
         return candidate
 
 
-def _clear_abandoned(out_dir: Path) -> None:
+def clear_abandoned(out_dir: Path) -> None:
     """Remove the folders an earlier prepare of OUT was killed before it could remove.
 
-    Only folders named as `_sibling_dir` names them, for this OUT, made on this host by a
+    Only folders named as `sibling_dir` names them, for this OUT, made on this host by a
     process that has ended: a prepare that still runs (here, or on another host sharing the
     disk) keeps its folder. A folder of the older unnamed scheme (`.OUT.tmp-RANDOM`) cannot
     be told from a running one's: it is named, and left. The one case where such a folder is
     the user's data, an earlier output moved aside while OUT itself is missing (the kill came
-    between the two renames of `_replace_dir`), is put back as OUT rather than removed.
+    between the two renames of `replace_dir`), is put back as OUT rather than removed.
     """
     pattern = re.compile(
         rf"\.{re.escape(out_dir.name)}\.(?P<role>tmp|old)-(?:(?P<host>.+)-(?P<pid>\d+)-)?"

@@ -36,11 +36,11 @@ from layerwise.data.meta import (
 )
 from layerwise.data.prepare import (
     DEFAULT_VAL_FRACTION,
-    _check_out_dir,
-    _clear_abandoned,
-    _output_errors,
-    _replace_dir,
-    _sibling_dir,
+    check_out_dir,
+    clear_abandoned,
+    output_errors,
+    replace_dir,
+    sibling_dir,
 )
 from layerwise.data.tokenizer import bpe_vocab_size, load_tokenizer
 from layerwise.util.errors import UserError
@@ -166,12 +166,12 @@ def import_tokens(
     train_files, held_out = files[: len(tokens)], files[len(tokens) :]
     splits = _plan_splits(train_files, held_out, val_tokens)
     out_dir = Path(os.path.normpath(Path(out).expanduser()))
-    _clear_abandoned(out_dir)
-    _check_out_dir(out_dir, overwrite, [Source("tokens", p) for p in paths], tokenizer)
+    clear_abandoned(out_dir)
+    check_out_dir(out_dir, overwrite, [Source("tokens", p) for p in paths], tokenizer)
     out_dtype = np.dtype(dtype) if dtype != "int32" else token_dtype(loaded.vocab_size)
-    with sigterm_raises("stopped, and removed the unfinished output"), _output_errors(out_dir):
+    with sigterm_raises("stopped, and removed the unfinished output"), output_errors(out_dir):
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work_dir = _sibling_dir(out_dir, "tmp")
+        work_dir = sibling_dir(out_dir, "tmp")
         try:
             loaded.save(work_dir / TOKENIZER_FILE)
             writer = _Writer(loaded.vocab_size, eos, out_dtype)
@@ -192,7 +192,7 @@ def import_tokens(
             )
             meta = replace(meta, dtype=out_dtype.name)
             (work_dir / META_FILE).write_text(meta_to_json(meta), encoding="utf-8")
-            _replace_dir(work_dir, out_dir)
+            replace_dir(work_dir, out_dir)
         except BaseException:
             shutil.rmtree(work_dir, ignore_errors=True)
             raise
