@@ -140,3 +140,23 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
         for r in read_records(run_dir / "metrics.jsonl")
         if r["type"] == "train"
     ]
+
+
+def kill_after_first_checkpoint(command: list[str], env: dict[str, str], run_dir: Path) -> int:
+    """Start `command` (a `layerwise train`), SIGKILL it as soon as its first checkpoint is on
+    disk, and return the step of the latest checkpoint it left."""
+    import signal
+    import subprocess
+    import time
+
+    from layerwise.training.checkpoint import list_checkpoints
+
+    victim = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    return list_checkpoints(run_dir)[-1][0]

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import TINY_RUN, markov_tokens, write_token_dir
+from helpers import TINY_RUN, kill_after_first_checkpoint, markov_tokens, write_token_dir
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import config_from_dict
 from layerwise.launch import train
 from layerwise.runs.files import RunSummary, read_records
 from layerwise.runs.listing import list_runs
-from layerwise.training.checkpoint import list_checkpoints
 from layerwise.util.errors import UserError
 
 
@@ -106,15 +103,8 @@ def test_a_mixture_killed_mid_run_resumes_to_the_uninterrupted_losses(
     subprocess.run([*command, f"run.dir={reference}"], check=True, env=env, capture_output=True)
 
     run_dir = tmp_path / "run"
-    victim = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert list_checkpoints(run_dir)[-1][0] < 40, "the run finished before it could be killed"
+    killed_at = kill_after_first_checkpoint(command, env, run_dir)
+    assert killed_at < 40, "the run finished before it could be killed"
     subprocess.run([*command, "--resume"], check=True, env=env, capture_output=True)
 
     def records(directory: Path) -> list[tuple[int, float]]:

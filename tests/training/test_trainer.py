@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import layerwise
+from helpers import kill_after_first_checkpoint
 from layerwise.cli import main as cli_main
 from layerwise.config.loader import load_config
 from layerwise.config.schema import Config
@@ -193,16 +194,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses_exactly(
     subprocess.run([*command, f"run.dir={reference_dir}"], check=True, env=env, capture_output=True)
 
     run_dir = Path(tiny_config(config_file).run.dir)
-    victim = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not list_checkpoints(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL
-    killed_at = list_checkpoints(run_dir)[-1][0]
+    killed_at = kill_after_first_checkpoint(command, env, run_dir)
     assert killed_at < 60, "the run finished before it could be killed"
 
     subprocess.run([*command, "--resume"], check=True, env=env, capture_output=True)
