@@ -228,6 +228,40 @@ class CompareConfig:
     the overrides that make a variant's runs differ; the runs' own configs record the result."""
 
 
+LadderSchedule = Literal["branched", "separate"]
+
+
+@dataclass
+class LadderConfig:
+    """What `layerwise ladder` crosses: profiles x sizes x token budgets x seeds; `train` ignores
+    it. Each size is one rung, every profile at a rung matched to the reference's size."""
+
+    profiles: list[str] = field(default_factory=lambda: ["isotropic", "crown"])
+    reference: str = "isotropic"
+    """The profile every other is matched to at each rung and compared with."""
+    sizes: list[int | str] | None = None
+    """The rungs: a d_model each (heads follow at fixed head_dim, depth stays), or
+    "D_MODELxN_LAYERS" to scale width and depth together, e.g. [64, 96, "128x6"]."""
+    tokens_per_param: list[float] = field(default_factory=lambda: [5.0, 10.0, 20.0])
+    """Token budgets as multiples of each rung's reference N."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    schedule: LadderSchedule = "branched"
+    """"branched": one WSD run per (size, profile, seed) to the largest budget, with a cooldown
+    branch from its stable phase at each smaller one (Hagele et al. 2024); "separate": one run
+    per budget with the config's own schedule (the faithful, costlier option)."""
+    count: Literal["non_embedding_head", "non_embedding", "total"] = "non_embedding_head"
+    """Which parameter count is N: non-embedding plus the LM head (as OLMo and Porian et al.
+    count it), non-embedding only, or all parameters."""
+    lr_rule: Literal["config", "olmo"] = "config"
+    """"config": optim.lr at every rung; "olmo": 0.0047 x (N / 108M)^(-1/3), OLMo's ladder."""
+    lr_sweep: list[float] | None = None
+    """Multipliers of the rule's LR tried for each profile at the smallest rung; each profile's
+    best multiplier is then used at every rung."""
+    bootstrap: int = field(default=1000, metadata=_bounds(100))
+    targets: list[str] = field(default_factory=lambda: ["180M:5B", "1B:20B"])
+    """Where the fits predict the loss difference: "PARAMS:TOKENS" pairs."""
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -242,6 +276,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     compare: CompareConfig = field(default_factory=CompareConfig, metadata=_OPERATIONAL)
     """Operational as a whole: left out of the config hash, so adding it changed no run's hash."""
+    ladder: LadderConfig = field(default_factory=LadderConfig, metadata=_OPERATIONAL)
+    """Operational as a whole, as `compare` is: it says which runs to make, not what one learns."""
 
 
 @dataclass(frozen=True)
