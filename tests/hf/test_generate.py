@@ -12,6 +12,8 @@ from layerwise.hf.generate import (
     forward_cached,
     generate,
     left_pad,
+    new_tokens_that_fit,
+    past_context_warning,
 )
 from layerwise.nn.model import Transformer
 from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
@@ -86,10 +88,26 @@ def test_generation_stops_after_eos() -> None:
     assert len(heard) == 5
 
 
+@torch.no_grad()
+def test_generating_past_the_training_context_is_allowed_with_a_warning() -> None:
+    """RoPE positions are a formula: past the 64-token training context the cache path extends
+    them, and decodes what the same weights with a longer context compute in full."""
+    model = random_model()
+    longer = Transformer(SHAPE, BlockOptions(max_seq_len=128)).eval()
+    longer.load_state_dict(model.state_dict())
+    prompt = torch.randint(0, 96, (60,)).tolist()
+    past = generate(model, [prompt], 10)
+    assert past == generate(longer, [prompt], 10, use_cache=False) and len(past[0]) == 10
+    assert new_tokens_that_fit(model, 60, 10) == 10
+    assert "past the model's training context of 64" in str(past_context_warning(model, 60, 10))
+    assert past_context_warning(model, 60, 4) is None
+    assert new_tokens_that_fit(model, 60, None) == 4
+
+
 def test_bad_generation_requests_are_refused() -> None:
     model = random_model()
-    with pytest.raises(UserError, match="exceeds the model's context of 64"):
-        generate(model, [[1] * 60], 10)
+    with pytest.raises(UserError, match="fills the model's training context of 64"):
+        generate(model, [[1] * 64], None)
     with pytest.raises(UserError, match="top-p"):
         Sampling(top_p=1.5)
     with pytest.raises(UserError, match="at least one token"):

@@ -101,6 +101,45 @@ def test_transformers_gives_our_logits(exported: tuple[str, Transformer, Path, A
 
 
 @torch.no_grad()
+def test_transformers_scores_past_the_training_context(
+    exported: tuple[str, Transformer, Path, Any],
+) -> None:
+    """lm-eval refuses answers longer than max_position_embeddings, so an export declares 2048
+    and keeps its 64-token training context apart; RoPE computes the positions past it."""
+    _, model, root, hf = exported
+    config = json.loads((root / "hf" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 2048 and config["layerwise_train_seq_len"] == 64
+    tokens = torch.randint(0, 320, (2, 100))
+    logits = hf(tokens).logits
+    assert logits.shape[1] == 100 and bool(torch.isfinite(logits).all())
+    assert torch.allclose(logits[:, :64], model(tokens[:, :64]), atol=1e-5, rtol=0)
+
+
+def test_exports_made_before_the_training_context_key_still_import(
+    tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
+    out = str(tmp_path / "hf")
+    assert (
+        main(["export", str(tmp_path / "run"), "--out", out, "--max-position-embeddings", "32"])
+        == 2
+    )
+    assert "below the run's training context (data.seq_len=64)" in capsys.readouterr().err
+    assert (
+        main(["export", str(tmp_path / "run"), "--out", out, "--max-position-embeddings", "96"])
+        == 0
+    )
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 96
+    tokenizer_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == 96
+    del config["layerwise_train_seq_len"]  # as exports wrote it before: the context was max_pos
+    config["max_position_embeddings"] = 64
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert import_hf(tmp_path / "hf", tmp_path / "imported").data.seq_len == 64
+
+
+@torch.no_grad()
 def test_greedy_generation_and_padding_agree(exported: tuple[str, Transformer, Path, Any]) -> None:
     name, model, root, hf = exported
     tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -137,7 +176,10 @@ def test_export_import_export_round_trips(
     trained = load_model(root / "imported")
     assert trained.shape == model.shape and trained.step == 0
     assert trained.config.model.profile == SHAPES[name]["profile"]
+    assert trained.config.data.seq_len == 64  # the training context, not max_position_embeddings
     export_run(root / "imported", root / "again")
+    configs = [json.loads((root / d / "config.json").read_text()) for d in ("hf", "again")]
+    assert configs[0] == configs[1]
     first = safetensors_torch.load_file(str(root / "hf" / "model.safetensors"))
     again = safetensors_torch.load_file(str(root / "again" / "model.safetensors"))
     assert first.keys() == again.keys()

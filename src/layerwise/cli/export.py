@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from layerwise.cli import positive_int
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -20,13 +22,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=int, metavar="STEP", help="default: the newest")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+    parser.add_argument(
+        "--max-position-embeddings",
+        type=positive_int,
+        metavar="N",
+        help="the context config.json declares to tools such as lm-eval (default: the larger "
+        "of the training context and 2048; RoPE computes any position, but quality past the "
+        "training context is untested); the training context is kept as "
+        "layerwise_train_seq_len",
+    )
     parser.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from layerwise.hf.export import export_run
 
-    result = export_run(args.run_dir, args.out, args.checkpoint, args.dtype, args.overwrite)
+    result = export_run(
+        args.run_dir,
+        args.out,
+        args.checkpoint,
+        args.dtype,
+        args.overwrite,
+        args.max_position_embeddings,
+    )
     kind = "native Olmo2" if result.native else "layer-wise Olmo2 (remote code)"
     print(f"exported step {result.step} of {args.run_dir} to {result.out} as {kind}; load it with:")
     print()

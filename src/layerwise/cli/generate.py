@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-new-tokens",
         type=positive_int,
-        help="default: 64, or fewer where the model's context ends sooner after the prompt",
+        help="default: 64, or fewer where the model's training context ends sooner after the "
+        "prompt; more runs past the training context, with a warning",
     )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
@@ -64,11 +65,19 @@ def load_source(source: str) -> tuple[Transformer, Tokenizer, int]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from layerwise.hf.generate import Sampling, generate, new_tokens_that_fit
+    from layerwise.hf.generate import (
+        Sampling,
+        generate,
+        new_tokens_that_fit,
+        past_context_warning,
+    )
 
     model, tokenizer, eos_id = load_source(args.source)
     prompt_ids = tokenizer.encode(args.prompt).ids
     max_new_tokens = new_tokens_that_fit(model, len(prompt_ids), args.max_new_tokens)
+    warning = past_context_warning(model, len(prompt_ids), max_new_tokens)
+    if warning is not None:
+        print(f"layerwise: warning: {warning}", file=sys.stderr)
     sampling = Sampling(
         temperature=args.temperature,
         top_k=args.top_k,

@@ -31,6 +31,11 @@ from layerwise.util.errors import UserError
 from layerwise.util.files import check_output, default_file_mode, write_failure
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_MAX_POSITIONS = 2048
+"""The least `max_position_embeddings` an export declares: lm-eval's default context, so a tiny
+model trained on short windows can still be scored on tasks with long answers (lm-eval refuses a
+continuation longer than it). RoPE has no learned positions, so the model computes such
+positions; how well it does past its training context is another matter."""
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -64,8 +69,13 @@ def export_run(
     step: int | None = None,
     dtype: str = "fp32",
     overwrite: bool = False,
+    max_positions: int | None = None,
 ) -> ExportResult:
-    """Write the run's model (checkpoint `step`, default the newest) to `out` as an HF model."""
+    """Write the run's model (checkpoint `step`, default the newest) to `out` as an HF model.
+
+    config.json's `max_position_embeddings` is `max_positions`, by default the larger of the
+    training context (data.seq_len, kept as `layerwise_train_seq_len`) and
+    DEFAULT_MAX_POSITIONS."""
     from safetensors.torch import save_file
 
     run_dir, out = Path(run_dir), Path(out)
@@ -80,7 +90,9 @@ def export_run(
             "the export could not be used with AutoTokenizer; prepare the data with a tokenizer"
         )
     eos_id = trained.meta.eos_id
-    config = hf_config(trained.shape, block_options(trained.config), eos_id, DTYPES[dtype])
+    options = block_options(trained.config)
+    positions = declared_positions(options.max_seq_len, max_positions)
+    config = hf_config(trained.shape, options, eos_id, DTYPES[dtype], positions)
     config[PROFILE_KEY] = trained.config.model.profile
     tensors = to_hf_state(trained.model.state_dict(), trained.shape)
     tmp = out.with_name(f"{out.name}.tmp")
@@ -113,6 +125,19 @@ def export_run(
         shutil.rmtree(out)
     tmp.rename(out)
     return ExportResult(out, is_isotropic(trained.shape), trained.step)
+
+
+def declared_positions(train_seq_len: int, requested: int | None) -> int:
+    """The export's `max_position_embeddings`: `requested`, or DEFAULT_MAX_POSITIONS when the
+    training context is shorter; never below the training context, which the model handles."""
+    if requested is None:
+        return max(train_seq_len, DEFAULT_MAX_POSITIONS)
+    if requested < train_seq_len:
+        raise UserError(
+            f"--max-position-embeddings {requested} is below the run's training context "
+            f"(data.seq_len={train_seq_len}); give at least {train_seq_len}"
+        )
+    return requested
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from layerwise.nn.model import Transformer
+from layerwise.nn.model import Transformer, rope_tables
 from layerwise.util.errors import UserError
 
 
@@ -61,24 +61,42 @@ DEFAULT_NEW_TOKENS = 64
 
 def new_tokens_that_fit(model: Transformer, prompt_len: int, requested: int | None) -> int:
     """`requested` new tokens after a prompt of `prompt_len`, or by default DEFAULT_NEW_TOKENS
-    cut to the room the model's context leaves; a UserError, before any work, when that room is
-    too small."""
+    cut to the room the model's training context leaves; a UserError, before any work, when by
+    default there is no room. More than fits is allowed when asked for (see
+    `past_context_warning`)."""
+    if requested is not None:
+        return requested
     context = model.options.max_seq_len
     room = context - prompt_len
-    if requested is None and room < 1:
+    if room < 1:
         raise UserError(
-            f"the prompt ({prompt_len} tokens) fills the model's context of {context} tokens, "
-            "leaving no room for new tokens; shorten --prompt"
+            f"the prompt ({prompt_len} tokens) fills the model's training context of {context} "
+            "tokens, leaving no room for new tokens; shorten --prompt, or ask for tokens past "
+            "the context with --max-new-tokens"
         )
-    if requested is None:
-        return min(DEFAULT_NEW_TOKENS, room)
-    if requested > room:
-        raise UserError(
-            f"the prompt ({prompt_len} tokens) plus --max-new-tokens {requested} exceeds the "
-            f"model's context of {context} tokens; ask for at most {max(room, 0)} new tokens"
-            + ("" if room > 0 else " after a shorter --prompt")
-        )
-    return requested
+    return min(DEFAULT_NEW_TOKENS, room)
+
+
+def past_context_warning(model: Transformer, prompt_len: int, new_tokens: int) -> str | None:
+    """What to tell the user when the sequence runs past the training context: RoPE computes
+    any position, so it is generated, but the model never saw such positions in training."""
+    context = model.options.max_seq_len
+    if prompt_len + new_tokens <= context:
+        return None
+    return (
+        f"the prompt ({prompt_len} tokens) plus {new_tokens} new tokens run past the model's "
+        f"training context of {context} tokens; the tokens past it come from positions the "
+        "model was never trained on, and may be poor"
+    )
+
+
+def rope_covering(model: Transformer, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE cos and sin for positions 0..length-1: the model's own tables, extended past its
+    training context when `length` needs it (the angles are a formula, not weights)."""
+    if length <= model.rope_cos.shape[0]:
+        return model.rope_cos, model.rope_sin
+    cos, sin = rope_tables(model.shape.head_dim, length, model.options.rope_theta)
+    return cos.to(model.rope_cos.device), sin.to(model.rope_sin.device)
 
 
 class KVCache:
@@ -93,6 +111,7 @@ class KVCache:
         ]
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.length = 0
+        self.rope_cos, self.rope_sin = rope_covering(model, capacity)
 
     def append(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Store the new keys and values of layer `index`; return all of them so far."""
@@ -121,7 +140,7 @@ def forward_cached(
 ) -> torch.Tensor:
     """Logits [batch, seq, vocab] of the new `tokens` at `positions`, extending `cache`."""
     seq = tokens.shape[1]
-    rope = (model.rope_cos[positions].unsqueeze(1), model.rope_sin[positions].unsqueeze(1))
+    rope = (cache.rope_cos[positions].unsqueeze(1), cache.rope_sin[positions].unsqueeze(1))
     mask = attention_mask(key_valid, seq, cache.length)
     x = model.embedding(tokens)
     for index, block in enumerate(model.blocks):
@@ -173,7 +192,8 @@ def generate(
     use_cache: bool = True,
 ) -> list[list[int]]:
     """New token ids for each prompt, up to `max_new_tokens` (None: DEFAULT_NEW_TOKENS or
-    what fits in the context), each stopping after EOS.
+    what fits in the context), each stopping after EOS. Asked for more than the training
+    context holds, the cache path generates past it (`past_context_warning`).
 
     `on_token` hears each new id of the first row as it is drawn (streaming). `use_cache=False`
     recomputes the whole sequence every step with the model's own forward (the benchmark's
@@ -187,6 +207,8 @@ def generate(
     capacity = prompt_len + max_new_tokens
     if not use_cache and not bool(valid.all()):
         raise ValueError("recomputing without a cache needs prompts of equal length")
+    if not use_cache and capacity > model.options.max_seq_len:
+        raise ValueError("recomputing without a cache stays within the training context")
     rng = torch.Generator(device=device)
     rng.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
     key_valid = torch.ones((batch, capacity), dtype=torch.bool, device=device)

@@ -29,6 +29,12 @@ MODELING_FILE = "modeling_layerwise_olmo2.py"
 """The remote-code module copied into an export (a template in this package)."""
 PROFILE_KEY = "layerwise_profile"
 """config.json key naming the profile an export was trained as, to label an imported run."""
+TRAIN_SEQ_LEN_KEY = "layerwise_train_seq_len"
+"""config.json key holding the context the model was trained with (data.seq_len).
+
+`max_position_embeddings` is what scoring tools may feed the model (lm-eval refuses an answer
+longer than it), which RoPE allows past the training context; this key keeps the training
+context itself, for import (data.seq_len) and for generation's default context."""
 
 _BLOCK_NAMES = {
     "attention.w_q.weight": "self_attn.q_proj.weight",
@@ -109,12 +115,19 @@ def is_isotropic(shape: ModelShape) -> bool:
 
 
 def hf_config(
-    shape: ModelShape, options: BlockOptions, eos_id: int, dtype: torch.dtype
+    shape: ModelShape,
+    options: BlockOptions,
+    eos_id: int,
+    dtype: torch.dtype,
+    max_positions: int | None = None,
 ) -> dict[str, Any]:
     """config.json for the shape: native Olmo2 when isotropic, else our remote-code model.
 
     `num_attention_heads` and friends are the largest per-layer values in the layer-wise config,
     for generic tools that size buffers from them; the model reads the per-layer lists.
+    `max_position_embeddings` is `max_positions` (default: the training context
+    `options.max_seq_len`, which is always written as TRAIN_SEQ_LEN_KEY). Both models compute
+    RoPE from the positions on the fly, so no table limits them to either.
     """
     if options.norm_order != "reordered":
         raise UserError(
@@ -128,7 +141,8 @@ def hf_config(
         "num_hidden_layers": shape.n_layers,
         "head_dim": shape.head_dim,
         "hidden_act": "silu",
-        "max_position_embeddings": options.max_seq_len,
+        "max_position_embeddings": max_positions or options.max_seq_len,
+        TRAIN_SEQ_LEN_KEY: options.max_seq_len,
         "rms_norm_eps": options.norm_eps,
         "rope_theta": options.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": options.rope_theta},
@@ -171,7 +185,8 @@ def hf_config(
 
 @dataclass(frozen=True)
 class HfArchitecture:
-    """What a config.json says about the model, in our terms."""
+    """What a config.json says about the model, in our terms; `options.max_seq_len` is the
+    training context (`training_context`), not the longer `max_position_embeddings`."""
 
     shape: ModelShape
     options: BlockOptions
@@ -210,12 +225,18 @@ def read_hf_config(config: Mapping[str, Any], where: str) -> HfArchitecture:
         options = BlockOptions(
             rope_theta=float(rope.get("rope_theta", config.get("rope_theta", 500_000.0))),
             norm_eps=float(config.get("rms_norm_eps", 1e-6)),
-            max_seq_len=int(config.get("max_position_embeddings", 4096)),
+            max_seq_len=training_context(config),
             init_std=float(config.get("initializer_range", 0.02)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{where}: config.json is incomplete or malformed ({exc!r})") from None
     return HfArchitecture(shape, options, _eos_id(config.get("eos_token_id")))
+
+
+def training_context(config: Mapping[str, Any]) -> int:
+    """The context the checkpoint was trained with: TRAIN_SEQ_LEN_KEY in our exports, else (an
+    export made before that key, or another Olmo2) `max_position_embeddings`."""
+    return int(config.get(TRAIN_SEQ_LEN_KEY) or config.get("max_position_embeddings", 4096))
 
 
 def _refuse_unsupported(config: Mapping[str, Any], where: str) -> None:
