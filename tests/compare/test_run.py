@@ -17,8 +17,8 @@ import pytest
 from helpers import MARKOV_VOCAB, PNG_MAGIC, TINY_COMPARE, markov_tokens, write_token_dir
 from layerwise.cli import main
 from layerwise.compare.cells import plan_cells
-from layerwise.compare.run import make_plan, prepare, setting
-from layerwise.config.loader import load_config
+from layerwise.compare.run import make_plan, prepare
+from layerwise.config.loader import config_value, load_config
 from layerwise.profiles.shape import total_params
 from layerwise.runs.files import RunSummary, read_records
 from layerwise.runs.lock import DirectoryLock
@@ -452,8 +452,10 @@ def test_a_comparison_refuses_to_mix_runs_of_other_data(
 def test_settings_are_read_by_the_keys_users_write(config: Path) -> None:
     """`init.from` is the field `from_`: naming it in a change used to be an AttributeError."""
     loaded = load_config(config, ["init.from=runs/source"])
-    assert setting(loaded, "init.from") == "runs/source"
-    assert setting(loaded, "optim.lr") == loaded.optim.lr
+    assert config_value(loaded, "init.from") == "runs/source"
+    assert config_value(loaded, "optim.lr") == loaded.optim.lr
+    nested = load_config(config, ["run.wandb.project=p"])
+    assert config_value(nested, "run.wandb.project") == "p"
 
 
 def test_sigterm_at_any_moment_stops_the_comparison_and_a_rerun_continues(

@@ -113,7 +113,7 @@ def _unknown_hint(parser: argparse.ArgumentParser, args: argparse.Namespace, wor
         from layerwise.config.loader import config_keys
 
         keys = config_keys()
-    same_name = [key for key in keys if key.split(".", 1)[1] == name.replace("-", "_")]
+    same_name = [key for key in keys if key.rsplit(".", 1)[1] == name.replace("-", "_")]
     close_option = difflib.get_close_matches(word.partition("=")[0], options, n=1)
     close_key = same_name or difflib.get_close_matches(name, keys, n=1)
     if close_option and not same_name:

@@ -19,7 +19,6 @@ one parameter count. `--init-from` fine-tunes a finished comparison's runs cell 
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import re
@@ -40,8 +39,8 @@ from layerwise.compare.cells import (
 from layerwise.config.loader import (
     config_hash,
     config_to_dict,
+    config_value,
     experiment_differences,
-    field_key,
     load_config,
     parse_override,
 )
@@ -263,14 +262,6 @@ def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun
     return run
 
 
-def setting(config: Config, key: str) -> object:
-    """The value of `section.key` as users write the key (`init.from` is the field `from_`)."""
-    section_name, name = key.split(".")
-    section = getattr(config, section_name)
-    field = next(f for f in dataclasses.fields(section) if field_key(f) == name)
-    return getattr(section, field.name)
-
-
 def changed_settings(run: PlannedRun) -> tuple[str, ...]:
     """How the run already in the cell's directory differs from the plan, as `key: old -> new`;
     empty if it does not or there is none. Checkpoints without config.yaml cannot be compared and
@@ -280,7 +271,7 @@ def changed_settings(run: PlannedRun) -> tuple[str, ...]:
     if saved.exists():
         old = load_config(saved)
         return tuple(
-            f"{key}: {setting(old, key)!r} -> {setting(planned, key)!r}"
+            f"{key}: {config_value(old, key)!r} -> {config_value(planned, key)!r}"
             for key in experiment_differences(old, planned)
         ) + tuple(f"data {line}" for line in recorded_data_differences(run_dir, planned))
     if (run_dir / SUMMARY_FILE).exists():

@@ -50,7 +50,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     values, sources = _load_file(Path(path), ())
     for text in overrides:
         section, key, value = parse_override(text)
-        _set_later(values, sources, section, key, value, f"{OVERRIDE} {text!r}")
+        _assign(values, sources, f"{section}.{key}", value, f"{OVERRIDE} {text!r}")
     return config_from_dict(values, sources, default_source=str(path))
 
 
@@ -68,44 +68,75 @@ ALTERNATIVES = (
 an earlier source gave it (an override over the file, a file over what it inherits)."""
 
 
-def _set_later(
-    values: dict[str, dict],
-    sources: dict[str, str],
-    section: str,
-    key: str,
-    value: Any,
-    source: str,
+def _assign(
+    values: dict[str, dict], sources: dict[str, str], key: str, value: Any, source: str
 ) -> None:
-    """Set `section.key` from `source`, which comes after the sources already in `values`, and
-    drop its alternative where an earlier layer set that; one layer giving both stays an error."""
-    dotted = f"{section}.{key}"
-    values.setdefault(section, {})[key] = value
-    sources[dotted] = source
+    """Set the dotted `key` from `source`; a section (`run`, or `run.wandb` nested in it) is set
+    key by key, so that a layer changes only the keys it names and every key knows its source."""
+    if not _is_section(_field_path(key, source)[-1][1]):
+        _set_later(values, sources, key, value, source)
+        return
+    body = {} if value is None else value
+    if not isinstance(body, Mapping):
+        raise UserError(
+            f"{source}: section {key!r} must be a mapping of keys to values, got {value!r}"
+        )
+    for name, inner in body.items():
+        _assign(values, sources, f"{key}.{name}", inner, source)
+
+
+def _set_later(
+    values: dict[str, dict], sources: dict[str, str], key: str, value: Any, source: str
+) -> None:
+    """Set the dotted `key` from `source`, which comes after the sources already in `values`,
+    and drop its alternative where an earlier layer set that; one layer giving both stays an
+    error."""
+    set_value(values, key, value)
+    sources[key] = source
     for pair in ALTERNATIVES:
-        if dotted not in pair:
+        if key not in pair:
             continue
-        other = pair[1 - pair.index(dotted)]
-        other_section, other_key = other.split(".")
+        other = pair[1 - pair.index(key)]
         earlier = sources.get(other, source)
         same_layer = earlier == source or (
             earlier.startswith(OVERRIDE) and source.startswith(OVERRIDE)
         )
-        if other_key in values.get(other_section, {}) and not same_layer:
-            del values[other_section][other_key]
+        *outer, name = other.split(".")
+        body = _body(values, outer)
+        if name in body and not same_layer:
+            del body[name]
             del sources[other]
 
 
+def set_value(values: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted `key` (`optim.lr`, `run.wandb.project`) in `{section: {key: value}}`."""
+    *outer, name = key.split(".")
+    body = values
+    for part in outer:
+        body = body.setdefault(part, {})
+    body[name] = value
+
+
+def _body(values: dict[str, Any], path: list[str]) -> dict[str, Any]:
+    """The mapping at `path` in `values`; empty where nothing set it."""
+    for part in path:
+        inner = values.get(part)
+        values = inner if isinstance(inner, dict) else {}
+    return values
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """`optim.lr=3e-4` -> ("optim", "lr", 3e-4), the value parsed as YAML; the key is checked."""
+    """`optim.lr=3e-4` -> ("optim", "lr", 3e-4), the value parsed as YAML; the key is checked.
+    Where sections nest the key is dotted: `run.wandb.project=x` -> ("run", "wandb.project", "x")."""
     dotted, sep, raw = text.partition("=")
     section, dot, key = dotted.strip().partition(".")
-    if not sep or not dot or not section or not key or "." in key:
+    if not sep or not dot or not section or not key or "" in key.split("."):
         raise UserError(f"override {text!r} must look like section.key=value, e.g. optim.lr=3e-4")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise UserError(f"override {text!r}: the value is not valid YAML ({exc})") from None
-    _check_key(section, key, f"override {text!r}")
+    _field_path(f"{section}.{key}", f"override {text!r}")
     return section, key, value
 
 
@@ -128,14 +159,7 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, dict], di
         _merge(values, parent_values)
         sources.update(parent_sources)
     for section, body in document.items():
-        body = {} if body is None else body
-        if not isinstance(body, Mapping):
-            raise UserError(
-                f"{path}: section {section!r} must be a mapping of keys to values, got {body!r}"
-            )
-        for key, value in body.items():
-            _check_key(section, str(key), str(path))
-            _set_later(values, sources, section, str(key), value, str(path))
+        _assign(values, sources, str(section), body, str(path))
     return values, sources
 
 
@@ -168,9 +192,13 @@ def _inherited(value: object, including: Path) -> list[Path]:
     return [including.parent / name for name in names]
 
 
-def _merge(into: dict[str, dict], other: Mapping[str, Mapping]) -> None:
-    for section, body in other.items():
-        into.setdefault(section, {}).update(body)
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    """`other` over `into`, section by section (nested ones too): what `_assign` builds."""
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def field_key(f: dataclasses.Field) -> str:
@@ -179,33 +207,70 @@ def field_key(f: dataclasses.Field) -> str:
     return f.metadata.get("key", f.name)
 
 
+def _is_section(annotation: Any) -> bool:
+    """Whether a field's type is a section of its own (a dataclass), written as a mapping."""
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
 @functools.cache
-def _section_types() -> dict[str, type]:
-    return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """A section's fields by the key users write, each with its resolved type; `Config`'s are
+    the top-level sections."""
+    hints = typing.get_type_hints(cls)
+    return {field_key(f): (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def _check_key(section: str, key: str, source: str) -> None:
-    sections = _section_types()
-    if section not in sections:
-        raise UserError(
-            f"{source}: unknown section {section!r}{_did_you_mean(section, sections)}; "
-            f"valid sections: {', '.join(sections)}"
-        )
-    valid = [field_key(f) for f in dataclasses.fields(sections[section])]
-    if key not in valid:
-        raise UserError(
-            f"{source}: unknown key {section}.{key}{_did_you_mean(key, valid)}; "
-            f"valid keys in {section}: {', '.join(valid)}"
-        )
+def _field_path(key: str, source: str) -> list[tuple[dataclasses.Field, Any]]:
+    """The fields (and types) the dotted `key` walks through from the top: `run.wandb.project`
+    is `run`, its `wandb` and that one's `project`. A part that names no field is a UserError
+    naming `source` with the closest spelling and the valid keys."""
+    path: list[tuple[dataclasses.Field, Any]] = []
+    cls: Any = Config
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[:depth])
+        if not _is_section(cls):
+            raise UserError(
+                f"{source}: {here} is a value, not a section, so it has no key {part!r}; "
+                f"write {here}=VALUE"
+            )
+        fields = _fields(cls)
+        if part not in fields:
+            raise UserError(f"{source}: {_unknown(here, part, list(fields), key)}")
+        path.append(fields[part])
+        cls = fields[part][1]
+    return path
+
+
+def _unknown(section: str, part: str, valid: list[str], key: str) -> str:
+    """Why `part` is not a key of `section` (empty: not a section), with the closest spelling;
+    a key that exists deeper (`wandb.project` for `run.wandb.project`) is named in full."""
+    if not section:
+        deeper = [
+            known[: at + len(key)]
+            for known in config_keys()
+            if (at := f".{known}.".find(f".{key}.")) > 0
+        ]
+        hint = f" (did you mean {deeper[0]!r}?)" if deeper else _did_you_mean(part, valid)
+        return f"unknown section {part!r}{hint}; valid sections: {', '.join(valid)}"
+    return (
+        f"unknown key {section}.{part}{_did_you_mean(part, valid)}; "
+        f"valid keys in {section}: {', '.join(valid)}"
+    )
 
 
 def config_keys() -> list[str]:
-    """Every `section.key` a config has, for spelling hints."""
-    return [
-        f"{section}.{field_key(f)}"
-        for section, cls in _section_types().items()
-        for f in dataclasses.fields(cls)
-    ]
+    """Every `section.key` a config has (`section.nested.key` where sections nest), for
+    spelling hints."""
+
+    def keys(cls: type, prefix: str) -> Iterable[str]:
+        for key, (_, annotation) in _fields(cls).items():
+            if _is_section(annotation):
+                yield from keys(annotation, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return list(keys(Config, ""))
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -218,30 +283,37 @@ def config_from_dict(
     sources: Mapping[str, str] | None = None,
     default_source: str = "config",
 ) -> Config:
-    """Build and check a Config from `{section: {key: value}}`; `sources` names where each key came from."""
-    sources = sources or {}
-    for section, body in values.items():
-        for key in body:
-            _check_key(section, key, sources.get(f"{section}.{key}", default_source))
-    sections = {}
-    for section, cls in _section_types().items():
-        given = values.get(section, {})
-        hints = typing.get_type_hints(cls)
-        kwargs = {
-            f.name: _coerce(
-                given[field_key(f)],
-                hints[f.name],
-                f.metadata,
-                f"{section}.{field_key(f)}",
-                sources.get(f"{section}.{field_key(f)}", default_source),
-            )
-            for f in dataclasses.fields(cls)
-            if field_key(f) in given
-        }
-        sections[section] = cls(**kwargs)
-    config = Config(**sections)
-    _check_consistency(config, sources, default_source)
+    """Build and check a Config from `{section: {key: value}}` (a nested section's value is a
+    mapping of its own); `sources` names where each dotted key came from."""
+    config = _build(Config, values, "", sources or {}, default_source)
+    _check_consistency(config, sources or {}, default_source)
     return config
+
+
+def _build(
+    cls: type, given: Mapping[str, Any], prefix: str, sources: Mapping[str, str], default: str
+) -> Any:
+    """The section `cls` from `given`, its nested sections built the same way; the keys it
+    lacks keep their defaults."""
+    fields = _fields(cls)
+    for name in given:
+        key = f"{prefix}{name}"
+        _field_path(key, sources.get(key, default))
+    kwargs = {}
+    for name, (f, annotation) in fields.items():
+        key = f"{prefix}{name}"
+        where = sources.get(key, default)
+        if _is_section(annotation):
+            body = given.get(name)
+            body = {} if body is None else body
+            if not isinstance(body, Mapping):
+                raise UserError(
+                    f"{where}: section {key!r} must be a mapping of keys to values, got {body!r}"
+                )
+            kwargs[f.name] = _build(annotation, body, f"{key}.", sources, default)
+        elif name in given:
+            kwargs[f.name] = _coerce(given[name], annotation, f.metadata, key, where)
+    return cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,17 +580,18 @@ def _check_sources(data: DataConfig, where: str) -> None:
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """Plain `{section: {key: value}}` (lists, not tuples), loadable again by config_from_dict."""
-    return {
-        section.name: {
-            field_key(f): _plain(getattr(getattr(config, section.name), f.name))
-            for f in dataclasses.fields(getattr(config, section.name))
-        }
-        for section in dataclasses.fields(config)
-    }
+    """Plain `{section: {key: value}}` (nested sections as mappings, lists, not tuples),
+    loadable again by config_from_dict."""
+    return _section_dict(config)
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    return {field_key(f): _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _section_dict(value)
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -527,35 +600,35 @@ def dump_config(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def is_operational(section: str, key: str) -> bool:
-    """Whether `section.key` may differ between a run and its resumption (see _OPERATIONAL)."""
-    cls = _section_types()[section]
-    return any(
-        field_key(f) == key and f.metadata.get("operational") for f in dataclasses.fields(cls)
-    )
+def config_value(config: Config, key: str) -> Any:
+    """The value of the dotted `key` as users write it (`init.from` is the field `from_`,
+    `run.wandb.project` is nested); UserError for a key the config does not have."""
+    value: Any = config
+    for f, _ in _field_path(key, "config"):
+        value = getattr(value, f.name)
+    return value
 
 
-def _hashed_when_set(section: str, key: str) -> bool:
-    """Whether `section.key` is left out of the experiment while null (see _HASHED_WHEN_SET)."""
-    cls = _section_types()[section]
-    return any(
-        field_key(f) == key and f.metadata.get("hashed_when_set") for f in dataclasses.fields(cls)
-    )
+def is_operational(key: str) -> bool:
+    """Whether the dotted `key` may differ between a run and its resumption: it, or a section
+    it is in (`compare`, `run.wandb`), is operational (see schema._OPERATIONAL)."""
+    return any(f.metadata.get("operational") for f, _ in _field_path(key, "config"))
 
 
 def experiment_dict(config: Config) -> dict[str, dict[str, Any]]:
-    """The fields that decide what a run learns (all but the operational ones and sections,
-    and the newer keys while they are null)."""
-    operational = {f.name for f in dataclasses.fields(Config) if f.metadata.get("operational")}
-    return {
-        section: {
-            k: v
-            for k, v in body.items()
-            if not is_operational(section, k) and not (v is None and _hashed_when_set(section, k))
-        }
-        for section, body in config_to_dict(config).items()
-        if section not in operational
-    }
+    """The fields that decide what a run learns: all but the operational ones (fields or whole
+    sections, nested ones too) and the newer keys while they are null."""
+    return _experiment(Config, config_to_dict(config))
+
+
+def _experiment(cls: type, body: Mapping[str, Any]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for key, (f, annotation) in _fields(cls).items():
+        value = body[key]
+        if f.metadata.get("operational") or (value is None and f.metadata.get("hashed_when_set")):
+            continue
+        kept[key] = _experiment(annotation, value) if _is_section(annotation) else value
+    return kept
 
 
 def config_hash(config: Config) -> str:
@@ -565,13 +638,25 @@ def config_hash(config: Config) -> str:
 
 
 def experiment_differences(old: Config, new: Config) -> list[str]:
-    """Experiment keys (not operational ones) whose values differ, as `section.key`."""
-    before, after = experiment_dict(old), experiment_dict(new)
+    """Experiment keys (not operational ones) whose values differ, as dotted keys in the
+    config's order."""
+    before, after = _leaves(Config, experiment_dict(old)), _leaves(Config, experiment_dict(new))
     return [
-        f"{section}.{key}"
-        for section, body in after.items()
-        for key in sorted(
-            set(body) | set(before[section]), key=list(config_to_dict(new)[section]).index
-        )
-        if before[section].get(key) != body.get(key)
+        key
+        for key in _leaves(Config, config_to_dict(new))
+        if (key in before or key in after) and before.get(key) != after.get(key)
     ]
+
+
+def _leaves(cls: type, body: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`body` of section `cls` as {dotted key: value}, nested sections opened (mapping values
+    that are not sections, such as `compare.variants`, stay whole)."""
+    flat: dict[str, Any] = {}
+    for key, (_, annotation) in _fields(cls).items():
+        if key not in body:
+            continue
+        if _is_section(annotation):
+            flat.update(_leaves(annotation, body[key], f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = body[key]
+    return flat

@@ -166,6 +166,31 @@ class ParallelConfig:
     activation_checkpointing: bool = field(default=False, metadata=_OPERATIONAL)
 
 
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging (`run.wandb.enabled=true`, the wandb extra), from rank 0.
+
+    Operational as a whole (`run.wandb`): where a run is watched changes nothing it learns."""
+
+    enabled: bool = False
+    project: str = "layerwise"
+    entity: str | None = None
+    """The W&B team or user; null: the API key's default entity."""
+    group: str | None = None
+    """Null: the comparison, search or ladder directory when the run is one of its cells."""
+    name: str | None = None
+    """Null: the cell's id (`12l/crown/seed0`) in a comparison, else `PROFILE-seedN`."""
+    tags: list[str] | None = None
+    mode: WandbMode | None = None
+    """Null: WANDB_MODE when it is set, else "online". "offline" needs no API key or network;
+    upload later with `wandb sync`."""
+    dir: str | None = None
+    """Where W&B writes its files; null: the run directory (RUN_DIR/wandb)."""
+
+
 @dataclass
 class RunConfig:
     """How and where to run. All but `precision` and `fp8` leave what is learned unchanged."""
@@ -194,6 +219,7 @@ class RunConfig:
     callbacks: list[str | dict[str, Any]] | None = field(default=None, metadata=_OPERATIONAL)
     """Callbacks to add to the run, each `package.module:Class` or {class: ..., args: {...}}
     (keyword arguments for the class); the class must subclass `layerwise.Callback`."""
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata=_OPERATIONAL)
 
 
 @dataclass

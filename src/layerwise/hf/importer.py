@@ -23,6 +23,7 @@ from layerwise.config.loader import (
     dump_config,
     load_config,
     parse_override,
+    set_value,
 )
 from layerwise.config.schema import Config
 from layerwise.data.meta import META_FILE, TOKENIZER_FILE, meta_to_json, new_meta
@@ -114,7 +115,7 @@ def imported_config(
     values["run"]["dir"] = str(out)
     for text in overrides:
         section, key, value = parse_override(text)
-        values[section][key] = value
+        set_value(values, f"{section}.{key}", value)
     config = config_from_dict(values, default_source="layerwise import")
     shape, _ = config_shape(config, arch.shape.vocab_size)
     if config.model.norm_order != "reordered" or shape != arch.shape:
