@@ -52,6 +52,7 @@ from layerwise.profiles.shape import total_params
 from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, RunSummary
 from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import with_data_vocab
+from layerwise.training.callbacks.wandb import with_wandb_cell
 from layerwise.training.checkpoint import list_checkpoints
 from layerwise.training.resume import recorded_data_differences
 from layerwise.training.shape import config_shape
@@ -218,9 +219,11 @@ def check_profiles(plan: ComparisonPlan) -> None:
 
 def resolve(plan: ComparisonPlan, cell: Cell) -> PlannedRun:
     """The cell's config; a fine-tuning cell's model settings are its source run's, so that its
-    shape is exactly the one whose weights it starts from."""
+    shape is exactly the one whose weights it starts from. Its W&B run (if any) is named after
+    the cell, in a group named after the comparison."""
     source = source_model_overrides(plan, cell) if plan.init_from is not None else ()
-    return PlannedRun(cell, with_data_vocab(load_config(plan.config, (*source, *cell.overrides))))
+    config = with_data_vocab(load_config(plan.config, (*source, *cell.overrides)))
+    return PlannedRun(cell, with_wandb_cell(config, plan.out.absolute().name, cell.run_id))
 
 
 def source_model_overrides(plan: ComparisonPlan, cell: Cell) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from layerwise.profiles.recipes import SHAPES
 from layerwise.profiles.shape import ModelShape
 from layerwise.search.space import SearchSpace, Shape
 from layerwise.training.build import with_data_vocab
+from layerwise.training.callbacks.wandb import with_wandb_cell
 from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
 
@@ -114,7 +115,9 @@ class SearchPlan:
     ) -> Config:
         """The config of one trial's run at `steps` (a rung), vocabulary resolved; `extra`
         overrides go last (the fidelity check's other seeds). Rungs differ only in length:
-        the config is read once per trial and copied with each rung's steps."""
+        the config is read once per trial and copied with each rung's steps. Every run of a
+        search lies in OUT/KIND/NAME (trials/trial-0003, fidelity/crown): its W&B run (if any)
+        is KIND/NAME in a group named after OUT."""
         overrides = (
             *self.schedule_overrides(),
             *self.shape_overrides(baseline, shape),
@@ -125,6 +128,8 @@ class SearchPlan:
             *extra,
         )
         config = with_data_vocab(load_config(self.config, (*self.overrides, *overrides)))
+        kind = run_dir.absolute().parent
+        config = with_wandb_cell(config, kind.parent.name, f"{kind.name}/{run_dir.name}")
         return replace(config, train=replace(config.train, steps=steps))
 
     def to_dict(self) -> dict:

@@ -27,12 +27,22 @@ from layerwise.runs.files import (
     TOKENIZER_DIR,
 )
 from layerwise.runs.lock import is_vacant
+from layerwise.training.callbacks.wandb import WANDB_RUN_ID_FILE
 from layerwise.training.checkpoint import CHECKPOINT_DIR, choose_checkpoint, list_checkpoints
 from layerwise.training.optim import lr_at
 from layerwise.util.errors import UserError
 
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR, "tensorboard")
-"""What a run writes into its directory: all that `--overwrite` removes (other files stay)."""
+RUN_FILES = (
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    CHECKPOINT_DIR,
+    "tensorboard",
+    WANDB_RUN_ID_FILE,
+)
+"""What a run writes into its directory: all that `--overwrite` removes (other files stay).
+Without its W&B run id the run starts over as a new W&B run; the W&B files (RUN_DIR/wandb)
+stay, since an offline run's may not have been synced yet."""
 LENGTH_KEYS = frozenset({"train.steps", "train.tokens"})
 SUPERSEDED_DIR = "superseded"
 

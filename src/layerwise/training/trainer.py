@@ -63,6 +63,7 @@ from layerwise.training.callbacks.progress import ProgressDisplay
 from layerwise.training.callbacks.tensorboard import TensorBoardLog
 from layerwise.training.callbacks.throughput import ThroughputMeter
 from layerwise.training.callbacks.validation import Validation
+from layerwise.training.callbacks.wandb import WandbLog
 from layerwise.training.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -440,6 +441,8 @@ def builtin_callbacks(run: Run) -> list[Callback]:
         callbacks.append(MetricsLog(run.run_dir))
     if is_main and config.run.tensorboard:
         callbacks.append(TensorBoardLog(run.run_dir, dump_config(config)))
+    if is_main and config.run.wandb.enabled:
+        callbacks.append(WandbLog(run.run_dir, config))
     if is_main and config.run.progress:
         callbacks.append(ProgressDisplay(config.run.log_interval))
     callbacks.append(Validation(config.train.val_interval))

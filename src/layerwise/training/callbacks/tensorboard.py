@@ -32,6 +32,13 @@ def scalars(record: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, float
             yield tag, float(value)
 
 
+def record_scalars(record: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
+    """A logged record's numbers tagged by its type (`val/loss`, `downstream/tasks/piqa/acc`):
+    the names TensorBoard and W&B both show."""
+    body = {k: v for k, v in record.items() if k not in ("type", "step")}
+    return scalars(body, str(record["type"]))
+
+
 class TensorBoardLog(Callback):
     priority: ClassVar[int] = 89  # beside the metrics log, before anything else logs
 
@@ -53,8 +60,7 @@ class TensorBoardLog(Callback):
     def on_log(self, trainer: TrainerView, record: Mapping[str, Any]) -> None:
         if self.writer is None:
             return
-        body = {k: v for k, v in record.items() if k not in ("type", "step")}
-        for tag, value in scalars(body, str(record["type"])):
+        for tag, value in record_scalars(record):
             self.writer.add_scalar(tag, value, record["step"])
         self.writer.flush()
 
