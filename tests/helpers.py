@@ -11,10 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
+from layerwise.config.loader import config_from_dict
 from layerwise.data.inputs import InputInfo
 from layerwise.data.meta import META_FILE, SplitMeta, meta_to_json, new_meta, token_dtype
+from layerwise.data.tokenizer import load_tokenizer
+from layerwise.distributed.env import DistInfo
+from layerwise.hf.importer import write_imported_run_files
+from layerwise.nn.model import Transformer
+from layerwise.training.build import block_options
+from layerwise.training.checkpoint import TrainerState, save_checkpoint
+from layerwise.training.optim import build_optimizer
+from layerwise.training.shape import config_shape
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -160,3 +170,32 @@ def kill_after_first_checkpoint(command: list[str], env: dict[str, str], run_dir
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     return list_checkpoints(run_dir)[-1][0]
+
+
+def random_run(
+    run_dir: Path, model_settings: dict[str, Any], tokenizer_file: Path, seq_len: int = 64
+) -> Transformer:
+    """A run directory whose step-5 checkpoint holds an untrained model (norm weights
+    randomised, so a misplaced norm shows) and whose tokenizer is `tokenizer_file`;
+    `model_settings` must name the vocabulary (`vocab_size`)."""
+    cpu = torch.device("cpu")
+    values = {
+        "model": model_settings,
+        "data": {"seq_len": seq_len},
+        "batch": {"global_batch": 8},
+        "train": {"steps": 10},
+        "run": {"dir": str(run_dir)},
+    }
+    config = config_from_dict(values)
+    shape, _ = config_shape(config, model_settings["vocab_size"])
+    torch.manual_seed(0)
+    model = Transformer(shape, block_options(config))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+    write_imported_run_files(run_dir, config, load_tokenizer(tokenizer_file), tokenizer_file)
+    optimizer = build_optimizer(model, config.optim, cpu)
+    state = TrainerState(step=5, sampler={"epoch": 0, "cursor": 0})
+    save_checkpoint(run_dir, model, optimizer, state, DistInfo(0, 0, 1, cpu), keep=2)
+    return model.eval()

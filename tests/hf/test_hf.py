@@ -11,28 +11,23 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import random_run
 from layerwise.cli import main
-from layerwise.config.loader import config_from_dict, load_config
+from layerwise.config.loader import load_config
 from layerwise.data.tokenizer import load_tokenizer, train_bpe
-from layerwise.distributed.env import DistInfo
 from layerwise.hf.export import export_run
 from layerwise.hf.generate import generate
-from layerwise.hf.importer import import_hf, write_imported_run_files
+from layerwise.hf.importer import import_hf
 from layerwise.launch import train
 from layerwise.nn.model import Transformer
-from layerwise.training.build import block_options
 from layerwise.training.callbacks.base import Callback
-from layerwise.training.checkpoint import TrainerState, save_checkpoint
 from layerwise.training.load import load_model
-from layerwise.training.optim import build_optimizer
-from layerwise.training.shape import config_shape
 from layerwise.training.trainer import Trainer
 from layerwise.util.errors import UserError
 
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-CPU = torch.device("cpu")
 BASE = {"n_layers": 3, "head_dim": 8, "gqa_group": 2, "ffn_divisor": 16, "vocab_size": 320}
 SHAPES = {
     "isotropic": {"profile": "isotropic", "d_model": 32, **BASE},
@@ -48,36 +43,12 @@ def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_run(run_dir: Path, model_settings: dict[str, Any], tokenizer_file: Path) -> Transformer:
-    """A run directory holding a random model (norm weights randomised) at step 5."""
-    values = {
-        "model": model_settings,
-        "data": {"seq_len": 64},
-        "batch": {"global_batch": 8},
-        "train": {"steps": 10},
-        "run": {"dir": str(run_dir)},
-    }
-    config = config_from_dict(values)
-    shape, _ = config_shape(config, 320)
-    torch.manual_seed(0)
-    model = Transformer(shape, block_options(config))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.uniform_(0.5, 1.5)
-    write_imported_run_files(run_dir, config, load_tokenizer(tokenizer_file), tokenizer_file)
-    optimizer = build_optimizer(model, config.optim, CPU)
-    state = TrainerState(step=5, sampler={"epoch": 0, "cursor": 0})
-    save_checkpoint(run_dir, model, optimizer, state, DistInfo(0, 0, 1, CPU), keep=2)
-    return model.eval()
-
-
 @pytest.fixture(scope="module", params=sorted(SHAPES))
 def exported(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tokenizer_file: Path
 ) -> tuple[str, Transformer, Path, Any]:
     root = tmp_path_factory.mktemp(request.param)
-    model = make_run(root / "run", SHAPES[request.param], tokenizer_file)
+    model = random_run(root / "run", SHAPES[request.param], tokenizer_file)
     assert main(["export", str(root / "run"), "--out", str(root / "hf")]) == 0
     remote = request.param == "layerwise"
     hf, info = transformers.AutoModelForCausalLM.from_pretrained(
@@ -118,7 +89,7 @@ def test_transformers_scores_past_the_training_context(
 def test_exports_made_before_the_training_context_key_still_import(
     tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
+    random_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
     out = str(tmp_path / "hf")
     assert (
         main(["export", str(tmp_path / "run"), "--out", out, "--max-position-embeddings", "32"])
@@ -194,7 +165,7 @@ class Snapshot(Callback):
 def test_imported_runs_train_and_init_from_takes_hf_dirs(
     tmp_path: Path, tokenizer_file: Path, markov_data: Path
 ) -> None:
-    make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
+    random_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
     export_run(tmp_path / "run", tmp_path / "hf")
     data = tmp_path / "data"  # tokens of the checkpoint's own tokenizer, as a user would train on
     shutil.copytree(markov_data, data)
@@ -218,7 +189,7 @@ def test_bad_input_is_named(
     tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    make_run(run, SHAPES["isotropic"], tokenizer_file)
+    random_run(run, SHAPES["isotropic"], tokenizer_file)
     empty = tmp_path / "untrained"
     empty.mkdir()
     (empty / "config.yaml").write_text((run / "config.yaml").read_text())
@@ -252,7 +223,7 @@ def test_a_full_disk_during_export_is_a_message_and_leaves_nothing(
     tiny_filesystem: Callable[[str], Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    make_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
+    random_run(tmp_path / "run", SHAPES["layerwise"], tokenizer_file)
     out = tiny_filesystem("64k") / "hf"
     assert main(["export", str(tmp_path / "run"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -265,7 +236,7 @@ def test_an_import_that_dies_midway_leaves_no_half_run(
 ) -> None:
     """Issue 21: an import killed after its first files used to leave a half run directory
     that only --overwrite could clear."""
-    make_run(tmp_path / "run", SHAPES["isotropic"], tokenizer_file)
+    random_run(tmp_path / "run", SHAPES["isotropic"], tokenizer_file)
     export_run(tmp_path / "run", tmp_path / "hf")
 
     def killed(*args: Any, **kwargs: Any) -> None:
@@ -284,7 +255,7 @@ def test_an_import_that_dies_midway_leaves_no_half_run(
 def test_import_refuses_its_own_source_and_directories_that_hold_no_run(
     tmp_path: Path, tokenizer_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    make_run(tmp_path / "run", SHAPES["isotropic"], tokenizer_file)
+    random_run(tmp_path / "run", SHAPES["isotropic"], tokenizer_file)
     export_run(tmp_path / "run", tmp_path / "hf")
     hf = str(tmp_path / "hf")
     assert main(["import", hf, "--out", hf, "--overwrite"]) == 2
