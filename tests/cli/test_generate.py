@@ -1,5 +1,6 @@
 """`layerwise generate`: sampling settings that cannot mean anything are refused by flag, and the
-default number of new tokens is what fits in the model's context after the prompt."""
+default number of new tokens is what fits in the model's training context after the prompt; more
+is generated past it, with a warning."""
 
 from __future__ import annotations
 
@@ -7,18 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from helpers import random_run
 from layerwise.cli import main
-from layerwise.config.loader import config_from_dict
 from layerwise.data.tokenizer import train_bpe
-from layerwise.distributed.env import DistInfo
-from layerwise.hf.importer import write_imported_run_files
-from layerwise.nn.model import Transformer
-from layerwise.training.build import block_options
-from layerwise.training.checkpoint import TrainerState, save_checkpoint
-from layerwise.training.optim import build_optimizer
-from layerwise.training.shape import config_shape
 
 CONTEXT = 16
 PROMPT = "the quick brown fox"
@@ -29,28 +22,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run of a random 2-layer model with a context of CONTEXT tokens and a BPE tokenizer."""
     root = tmp_path_factory.mktemp("generate")
     texts = [f"the quick brown fox jumps over the lazy dog {i}" for i in range(100)]
-    tokenizer = train_bpe(300, texts)
-    tokenizer.tokenizer.save(str(root / "tokenizer.json"))
-    model_settings = {"n_layers": 2, "d_model": 32, "head_dim": 8, "gqa_group": 2}
-    config = config_from_dict(
-        {
-            "model": {**model_settings, "ffn_divisor": 16, "vocab_size": 320},
-            "data": {"seq_len": CONTEXT},
-            "batch": {"global_batch": 8},
-            "train": {"steps": 10},
-            "run": {"dir": str(root / "run")},
-        }
-    )
-    shape, _ = config_shape(config, 320)
-    torch.manual_seed(0)
-    model = Transformer(shape, block_options(config))
-    run = root / "run"
-    write_imported_run_files(run, config, tokenizer, root / "tokenizer.json")
-    cpu = torch.device("cpu")
-    state = TrainerState(step=1, sampler={"epoch": 0, "cursor": 0})
-    optimizer = build_optimizer(model, config.optim, cpu)
-    save_checkpoint(run, model, optimizer, state, DistInfo(0, 0, 1, cpu), keep=1)
-    return run
+    train_bpe(300, texts).save(root / "tokenizer.json")
+    model = {"n_layers": 2, "d_model": 32, "head_dim": 8, "gqa_group": 2, "ffn_divisor": 16}
+    random_run(root / "run", {**model, "vocab_size": 320}, root / "tokenizer.json", CONTEXT)
+    return root / "run"
 
 
 def refused(capsys: pytest.CaptureFixture[str], argv: list[str], *expected: str) -> None:
@@ -87,11 +62,14 @@ def test_by_default_as_many_new_tokens_as_fit_are_generated(
     assert 1 <= len(printed["ids"]) <= CONTEXT - len(printed["prompt_ids"])
 
 
-def test_asking_for_more_than_fits_is_refused_before_anything_is_printed(
+def test_asking_for_more_than_fits_generates_past_the_context_with_a_warning(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["generate", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", str(CONTEXT)]
-    refused(capsys, argv, f"--max-new-tokens {CONTEXT}", f"context of {CONTEXT} tokens")
+    assert main([*argv, "--temperature", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert f"run past the model's training context of {CONTEXT} tokens" in captured.err
+    assert 1 <= len(json.loads(captured.out)["ids"]) <= CONTEXT
 
 
 def test_a_prompt_that_fills_the_context_is_refused(
