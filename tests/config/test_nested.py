@@ -3,6 +3,7 @@ checked with the same hints, saved and reloaded, and hashed by their metadata.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,13 @@ import pytest
 from helpers import CONFIGS
 from layerwise.cli import build_parser, main, parse
 from layerwise.config.loader import (
+    _experiment,
+    _leaves,
     config_hash,
     config_keys,
     config_value,
     dump_config,
     experiment_differences,
-    is_operational,
     load_config,
     parse_override,
 )
@@ -69,9 +71,28 @@ def test_wandb_settings_leave_the_experiment_hash_as_it_was() -> None:
     )
     assert config_hash(plain) == config_hash(watched) == TINY_HASH
     assert experiment_differences(plain, watched) == []
-    assert is_operational("run.wandb.project") and not is_operational("run.precision")
     changed = load_config(TINY, ["run.wandb.enabled=true", "optim.lr=1e-3"])
     assert experiment_differences(plain, changed) == ["optim.lr"]
+
+
+@dataclass
+class Inner:
+    size: int = 1
+    place: str = field(default="here", metadata={"operational": True})
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    watched: Inner = field(default_factory=Inner, metadata={"operational": True})
+
+
+def test_a_nested_section_is_hashed_by_its_fields_metadata() -> None:
+    """`run.wandb` is operational as a whole; a nested section that is not keeps its experiment
+    keys and drops its operational ones, and its keys are compared as dotted keys."""
+    body = {"inner": {"size": 2, "place": "there"}, "watched": {"size": 3, "place": "x"}}
+    assert _experiment(Outer, body) == {"inner": {"size": 2}}
+    assert _leaves(Outer, _experiment(Outer, body)) == {"inner.size": 2}
 
 
 @pytest.mark.parametrize(

@@ -609,12 +609,6 @@ def config_value(config: Config, key: str) -> Any:
     return value
 
 
-def is_operational(key: str) -> bool:
-    """Whether the dotted `key` may differ between a run and its resumption: it, or a section
-    it is in (`compare`, `run.wandb`), is operational (see schema._OPERATIONAL)."""
-    return any(f.metadata.get("operational") for f, _ in _field_path(key, "config"))
-
-
 def experiment_dict(config: Config) -> dict[str, dict[str, Any]]:
     """The fields that decide what a run learns: all but the operational ones (fields or whole
     sections, nested ones too) and the newer keys while they are null."""
