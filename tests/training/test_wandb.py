@@ -24,6 +24,7 @@ from layerwise.config.loader import load_config
 from layerwise.data.tokenizer import train_bpe
 from layerwise.launch import train
 from layerwise.runs.files import METRICS_FILE, read_records
+from layerwise.search.plan import SearchPlan
 from layerwise.training.callbacks.wandb import WANDB_RUN_ID_FILE, WandbLog, with_wandb_cell
 from layerwise.util.errors import UserError
 
@@ -248,6 +249,13 @@ def test_comparison_cells_are_named_and_grouped(tmp_path: Path, markov_data: Pat
     assert (kept.group, kept.name) == ("mine", "crown/seed0")
     off = load_config(config)
     assert with_wandb_cell(off, "cmp-tiny", "crown/seed0") == off
+
+
+def test_search_runs_are_named_and_grouped(tmp_path: Path, markov_data: Path) -> None:
+    config = tiny_run_config(tmp_path / "c.yaml", markov_data, tmp_path / "run")
+    plan = SearchPlan(str(config), ("run.wandb.enabled=true",), trial_steps=18)
+    trial = plan.trial_config("crown", None, tmp_path / "srch" / "trials" / "trial-0003", 6)
+    assert (trial.run.wandb.group, trial.run.wandb.name) == ("srch", "trials/trial-0003")
 
 
 def test_without_the_package_the_message_says_what_to_install(
