@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from helpers import TINY_COMPARE
+from helpers import TINY_COMPARE, TINY_RUN
 from layerwise.cli import main
-from layerwise.config.loader import load_config
+from layerwise.config.loader import config_from_dict, load_config
+from layerwise.evaluation.callback import DownstreamEval
 from layerwise.launch import configured_callbacks
 from layerwise.training.callbacks.base import Callback, TrainerView
 from layerwise.util.errors import UserError
@@ -102,3 +103,13 @@ def test_a_class_that_is_not_a_callback_is_refused(tiny_run: Callable[..., Path]
     config = load_config(tiny_run({"run": {"callbacks": ["test_launch:NotACallback"]}}))
     with pytest.raises(UserError, match=r"run\.callbacks\[0\]: .*NotACallback is not a subclass"):
         configured_callbacks(config)
+
+
+def test_downstream_tasks_read_the_tokenizer_of_the_data_sources(tmp_path: Path) -> None:
+    """With data.sources, data.dir is its unused default: the tasks must not be tokenized
+    with whatever tokenizer that directory holds."""
+    sources = [{"dir": str(tmp_path / "a"), "weight": 1}, {"dir": str(tmp_path / "b"), "weight": 1}]
+    values = {**TINY_RUN, "data": {**TINY_RUN["data"], "sources": sources}}
+    config = config_from_dict({**values, "eval": {"tasks": ["arc_easy"]}})
+    (downstream,) = configured_callbacks(config)
+    assert isinstance(downstream, DownstreamEval) and downstream.data_dir == tmp_path / "a"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from layerwise.config.loader import callback_spec
-from layerwise.config.schema import Config
+from layerwise.config.schema import Config, data_sources
 from layerwise.evaluation.callback import DownstreamEval
 from layerwise.runs.files import RunSummary
 from layerwise.training import trainer
@@ -26,9 +26,11 @@ def configured_callbacks(config: Config) -> list[Callback]:
     """The callbacks `config` itself asks for: downstream tasks, then `run.callbacks`."""
     callbacks: list[Callback] = []
     if config.eval.tasks:
+        # the text is tokenized with the data's tokenizer: the first source's (they share one)
+        tokenizer_dir = data_sources(config.data)[0].dir
         callbacks.append(
             DownstreamEval(
-                config.eval, config.data.dir, config.data.seq_len, config.train.val_interval
+                config.eval, tokenizer_dir, config.data.seq_len, config.train.val_interval
             )
         )
     for index, entry in enumerate(config.run.callbacks or ()):
