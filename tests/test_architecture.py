@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"evaluation", "hf"},
     {"launch"},
     {"compare"},
-    {"analysis", "search"},
+    {"analysis", "search", "ladder"},
     {"cli"},
     {"__main__"},
 ]
@@ -56,6 +56,17 @@ TORCH_FREE_MODULES = {
     "layerwise.evaluation.metrics",
     "layerwise.evaluation.report",
     "layerwise.search.space",
+    "layerwise.ladder",
+    "layerwise.ladder.table",
+    "layerwise.ladder.law",
+    "layerwise.ladder.bootstrap",
+    "layerwise.ladder.checks",
+    "layerwise.ladder.answer",
+    "layerwise.ladder.fit",
+    "layerwise.ladder.synthetic",
+    "layerwise.ladder.figures",
+    "layerwise.ladder.report",
+    "layerwise.cli.ladder",
     "layerwise.training.shape",
 }
 """Besides the torch-free packages: what `layerwise --help`, `profile`, `runs`, `report` and

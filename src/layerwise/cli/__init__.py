@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "generate",
     "analyze",
     "search",
+    "ladder",
 )
 
 

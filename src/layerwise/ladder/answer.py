@@ -69,13 +69,20 @@ def estimate(quantity: Quantity, theta: np.ndarray, spread: Bootstrap | None) ->
     return Estimate(value, float(low), float(high))
 
 
-def log_multiplier(layout: Layout, profile: str, reference: str, n: float) -> Quantity:
-    """log M at a profile's N: log N' - log N, N' solving A_ref N'^-alpha_ref = A_p N^-alpha_p."""
-    log_n = math.log(n)
+def log_multiplier(
+    layout: Layout, profile: str, reference: str, n: float | np.ndarray
+) -> Quantity:
+    """log M at a profile's N: log N' - log N, N' solving A_ref N'^-alpha_ref = A_p N^-alpha_p.
+    With an array of N, each parameter vector gives a row of values (a figure's curve)."""
+    log_n = np.log(n)
 
     def quantity(theta: np.ndarray) -> np.ndarray:
-        a_ref, alpha_ref = theta[..., layout.a(reference)], theta[..., layout.alpha(reference)]
-        a_p, alpha_p = theta[..., layout.a(profile)], theta[..., layout.alpha(profile)]
+        def column(index: int) -> np.ndarray:
+            values = theta[..., index]
+            return values[..., None] if np.ndim(log_n) else values
+
+        a_ref, alpha_ref = column(layout.a(reference)), column(layout.alpha(reference))
+        a_p, alpha_p = column(layout.a(profile)), column(layout.alpha(profile))
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.asarray((a_ref - a_p + alpha_p * log_n) / alpha_ref - log_n)
 
