@@ -132,7 +132,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     Overrides may also be written as options (`override_spellings`); an unknown option is
     reported with the closest spelling.
     """
-    words = override_spellings(sys.argv[1:] if argv is None else argv)
+    from layerwise.cli.ladder_run import default_form
+
+    words = override_spellings(default_form(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(words)
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]
     unknown = [item for item in extra if item not in overrides]

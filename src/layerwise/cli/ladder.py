@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from layerwise.cli import positive_int
+from layerwise.cli.ladder_run import add_run_parsers
 from layerwise.util.errors import UserError
 
 
@@ -29,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "each profile, at the trained sizes and extrapolated.",
     )
     commands = parser.add_subparsers(dest="ladder_command", metavar="SUBCOMMAND", required=True)
+    add_run_parsers(commands)
     add_fit_parser(commands)
 
 

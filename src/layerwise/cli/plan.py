@@ -34,10 +34,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=positive_float,
         help="dense bf16 peak per GPU (default: run.peak_tflops, else an H100's 989)",
     )
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="plan the config's ladder (its `ladder:` section) instead of one run: every size's "
+        "N, budgets, steps and LR, and the FLOPs and time of all its runs",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ladder:
+        return plan_ladder(args)
     from layerwise.config.loader import load_config
     from layerwise.training.build import with_data_vocab
     from layerwise.training.plan import DEFAULT_PEAK_TFLOPS, plan_run, render_plan
@@ -60,4 +68,18 @@ def run(args: argparse.Namespace) -> int:
     peak = args.peak_tflops or config.run.peak_tflops or DEFAULT_PEAK_TFLOPS
     plan = plan_run(config, shape, args.gpus, gpu_memory, args.mfu, peak)
     Console(width=200).print(escape(render_plan(plan)), highlight=False)
+    return 0
+
+
+def plan_ladder(args: argparse.Namespace) -> int:
+    from layerwise.ladder.estimate import render_estimate, rung_costs
+    from layerwise.ladder.plan import make_ladder_plan
+    from layerwise.ladder.run import prepare
+    from layerwise.training.plan import DEFAULT_PEAK_TFLOPS
+
+    plan = make_ladder_plan(args.config, "ladder-plan", args.overrides)
+    sizes, runs = prepare(plan, args.gpus)
+    peak = args.peak_tflops or runs[0].config.run.peak_tflops or DEFAULT_PEAK_TFLOPS
+    text = render_estimate(plan, rung_costs(plan, sizes, runs), args.mfu, peak, args.gpus)
+    Console(width=200).print(escape(text), highlight=False)
     return 0

@@ -199,10 +199,10 @@ def check_variants(plan: ComparisonPlan) -> None:
         )
 
 
-def check_profiles(plan: ComparisonPlan) -> None:
-    """Every profile is a shape or preset, and the reference is trained too."""
-    known = [*SHAPES, *PRESETS, *plan.shapes]
-    for name in plan.profiles:
+def check_profile_names(profiles: Sequence[str], custom: Sequence[str] = ()) -> None:
+    """Every name is a shape, a preset or one of the `custom` shapes."""
+    known = [*SHAPES, *PRESETS, *custom]
+    for name in profiles:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -210,6 +210,11 @@ def check_profiles(plan: ComparisonPlan) -> None:
                 f"--profiles: unknown profile {name!r}{hint}; choose a shape "
                 f"({', '.join(SHAPES)}) or a preset ({', '.join(PRESETS)})"
             )
+
+
+def check_profiles(plan: ComparisonPlan) -> None:
+    """Every profile is a shape or preset, and the reference is trained too."""
+    check_profile_names(plan.profiles, tuple(plan.shapes))
     if plan.match is not None and plan.match not in plan.profiles:
         raise UserError(
             f"--match-params {plan.match!r} is not among --profiles {','.join(plan.profiles)}; "
@@ -254,8 +259,13 @@ def with_target(plan: ComparisonPlan) -> ComparisonPlan:
 def checked_run(plan: ComparisonPlan, cell: Cell, world_size: int) -> PlannedRun:
     """`cell` resolved and checked as far as it can be without training (config, data vocabulary,
     shape and budget, batch split), so a bad cell fails before the first run, not hours in."""
+    return checked(cell, lambda: resolve(plan, cell), world_size)
+
+
+def checked(cell: Cell, resolved: Callable[[], PlannedRun], world_size: int) -> PlannedRun:
+    """`resolved()`, the cell's run, checked as `checked_run` says; errors name the cell."""
     try:
-        run = resolve(plan, cell)
+        run = resolved()
         vocab_size = run.config.model.vocab_size
         assert vocab_size is not None, "with_data_vocab fills it in"
         config_shape(run.config, vocab_size)

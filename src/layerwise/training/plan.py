@@ -199,8 +199,10 @@ def _gib(value: int) -> str:
     return f"{value / GIB:.1f}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     hours = seconds / 3600
+    if hours < 1:
+        return f"{seconds / 60:.1f} min"
     return f"{hours:,.1f} h ({hours / 24:.1f} days)" if hours >= 24 else f"{hours:,.2f} h"
 
 
@@ -216,7 +218,7 @@ def render_plan(plan: RunPlan) -> str:
         f"{plan.tokens / 1e9:.2f}B tokens; micro-batch {plan.micro_batch} x {plan.seq_len} per "
         f"GPU, {plan.accum_steps} accumulation step(s) on {plan.gpus} GPU(s)",
         f"time at {plan.mfu:.0%} MFU of {plan.peak_tflops:g} TFLOPs per GPU: "
-        f"{_duration(plan.seconds)} ({plan.flops_per_token * plan.tokens:.3g} FLOPs)",
+        f"{duration(plan.seconds)} ({plan.flops_per_token * plan.tokens:.3g} FLOPs)",
         "",
         f"memory per GPU (GiB, estimate; {_gib(plan.gpu_memory)} GiB GPUs, fits under "
         f"{HEADROOM:.0%}):",

@@ -62,6 +62,7 @@ def plot_curves(
     spread: Mapping[str, Sequence[tuple[float, float, float]]] | None = None,
     log_y: bool = False,
     dashes: Mapping[str, str] | None = None,
+    log_x: bool = False,
 ) -> Path:
     """One figure of `draw_curves`."""
     fig = Figure(figsize=(8, 4.5))
@@ -75,6 +76,7 @@ def plot_curves(
         spread=spread,
         log_y=log_y,
         dashes=dashes,
+        log_x=log_x,
     )
     return save_figure(fig, path)
 
@@ -112,6 +114,7 @@ def draw_curves(
     log_y: bool = False,
     legend: bool = True,
     dashes: Mapping[str, str] | None = None,
+    log_x: bool = False,
 ) -> None:
     """One line per name; `zoom_last` keeps only the last fraction of x to show small gaps.
 
@@ -120,6 +123,7 @@ def draw_curves(
     series (evaluations) get a marker at every point so a reader sees where they were measured.
     Panels of one figure that show the same names leave the legend to the figure (`legend`).
     `dashes` gives names a line style, e.g. one per variant when colours follow the profile.
+    `log_x` is for rates and sizes swept by factors (learning rates, parameter counts).
     """
     names = list(series)
     x_max = max((p[0] for points in series.values() for p in points), default=0.0)
@@ -152,6 +156,8 @@ def draw_curves(
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if log_y:
         ax.set_yscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.grid(alpha=0.3, which="both")
     if legend:
         ax.legend(frameon=False)
