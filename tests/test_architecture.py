@@ -66,7 +66,6 @@ TORCH_FREE_MODULES = {
     "layerwise.ladder.synthetic",
     "layerwise.ladder.figures",
     "layerwise.ladder.report",
-    "layerwise.cli.ladder",
     "layerwise.training.shape",
 }
 """Besides the torch-free packages: what `layerwise --help`, `profile`, `runs`, `report` and

@@ -78,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LADDER_SUBCOMMANDS = ("run", "report", "fit")
+
+
+def default_form(argv: list[str]) -> list[str]:
+    """`ladder CONFIG ...` as `ladder run CONFIG ...`: training is that command's main form,
+    beside `ladder report` and `ladder fit`."""
+    if (
+        len(argv) >= 2
+        and argv[0] == "ladder"
+        and argv[1] not in (*LADDER_SUBCOMMANDS, "-h", "--help")
+    ):
+        return ["ladder", "run", *argv[1:]]
+    return argv
+
+
 def override_spellings(argv: list[str]) -> list[str]:
     """`--optim.lr=1e-3` and `--optim.lr 1e-3` as `optim.lr=1e-3`, the way people type them.
 
@@ -132,8 +147,6 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     Overrides may also be written as options (`override_spellings`); an unknown option is
     reported with the closest spelling.
     """
-    from layerwise.cli.ladder_run import default_form
-
     words = override_spellings(default_form(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(words)
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]

@@ -16,16 +16,6 @@ from layerwise.cli import positive_int
 if TYPE_CHECKING:
     from layerwise.ladder.plan import LadderPlan, LadderRun
 
-SUBCOMMANDS = ("run", "report", "fit")
-
-
-def default_form(argv: list[str]) -> list[str]:
-    """`ladder CONFIG ...` as `ladder run CONFIG ...`: training is the command's main form."""
-    if len(argv) >= 2 and argv[0] == "ladder" and argv[1] not in (*SUBCOMMANDS, "-h", "--help"):
-        return ["ladder", "run", *argv[1:]]
-    return argv
-
-
 def _floats(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]
