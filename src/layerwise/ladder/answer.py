@@ -69,9 +69,7 @@ def estimate(quantity: Quantity, theta: np.ndarray, spread: Bootstrap | None) ->
     return Estimate(value, float(low), float(high))
 
 
-def log_multiplier(
-    layout: Layout, profile: str, reference: str, n: float | np.ndarray
-) -> Quantity:
+def log_multiplier(layout: Layout, profile: str, reference: str, n: float | np.ndarray) -> Quantity:
     """log M at a profile's N: log N' - log N, N' solving A_ref N'^-alpha_ref = A_p N^-alpha_p.
     With an array of N, each parameter vector gives a row of values (a figure's curve)."""
     log_n = np.log(n)
