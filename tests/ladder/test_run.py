@@ -201,3 +201,46 @@ def test_the_lr_sweep_picks_each_profiles_best_multiplier(data: Path, tmp_path: 
         assert best[profile] == float(min(losses, key=losses.get))
     edges = sweep_edges(plan, {"crown": 3.0, "isotropic": 1.0})
     assert len(edges) == 1 and "crown" in edges[0] and "widen" in edges[0]
+
+
+def test_ladder_report_rebuilds_the_table_and_report_from_the_runs(smoke: Path) -> None:
+    from layerwise.cli import main
+
+    (smoke / "ladder.csv").unlink()
+    (smoke / "report.md").unlink()
+    assert main(["ladder", "report", str(smoke)]) == 0
+    assert len(table(smoke)) == 24
+    report = (smoke / "report.md").read_text()
+    assert "How the ladder was trained" in report
+    assert "| d48 | crown |" in report
+
+
+def test_the_cli_refuses_a_changed_setting_with_exit_2(
+    smoke: Path, data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from layerwise.cli import main
+
+    code = main(["ladder", str(SMOKE), f"data.dir={data}", "--out", str(smoke), "--optim.lr=1e-3"])
+    assert code == 2
+    assert "optim.lr: 0.003 -> 0.001" in capsys.readouterr().err
+
+
+def test_plan_ladder_prints_every_size_and_the_total(
+    data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from layerwise.cli import main
+
+    assert main(["plan", str(SMOKE), "--ladder", f"data.dir={data}", "--mfu", "0.5"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"| d{d} |" in text for d in (16, 32, 48))
+    assert "at 50% MFU" in text and "FLOPs" in text
+
+
+def test_plan_ladder_plans_a_preset_whose_data_is_not_here(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from layerwise.cli import main
+
+    assert main(["plan", str(CONFIGS / "ladder-gpu.yaml"), "--ladder"]) == 0
+    text = capsys.readouterr().out
+    assert "| d192x6 | 12,021,696 |" in text and "| d960x18 |" in text

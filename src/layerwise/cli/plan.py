@@ -72,12 +72,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plan_ladder(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from layerwise.config.loader import load_config
+    from layerwise.config.schema import data_sources
+    from layerwise.data.meta import META_FILE
     from layerwise.ladder.estimate import render_estimate, rung_costs
     from layerwise.ladder.plan import make_ladder_plan
     from layerwise.ladder.run import prepare
     from layerwise.training.plan import DEFAULT_PEAK_TFLOPS
 
     plan = make_ladder_plan(args.config, "ladder-plan", args.overrides)
+    sources = data_sources(load_config(args.config, args.overrides).data)
+    plan = replace(plan, read_data=all((Path(s.dir) / META_FILE).exists() for s in sources))
     sizes, runs = prepare(plan, args.gpus)
     peak = args.peak_tflops or runs[0].config.run.peak_tflops or DEFAULT_PEAK_TFLOPS
     text = render_estimate(plan, rung_costs(plan, sizes, runs), args.mfu, peak, args.gpus)

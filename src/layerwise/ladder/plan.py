@@ -106,6 +106,9 @@ class LadderPlan:
     out: Path
     overrides: tuple[str, ...]
     settings: LadderConfig
+    read_data: bool = True
+    """Take the vocabulary from the data and check it; False plans a ladder whose data is not
+    here yet (`layerwise plan --ladder`), with `model.vocab_size` set."""
 
     @property
     def rungs(self) -> tuple[Rung, ...]:
@@ -225,9 +228,22 @@ class RungSize:
     """The rule's learning rate (before any per-profile sweep multiplier)."""
 
 
+def with_vocab(plan: LadderPlan, config: Config) -> Config:
+    """The config with its vocabulary taken from the data (checked against its ids), or as
+    configured when the plan does not read the data."""
+    if plan.read_data:
+        return with_data_vocab(config)
+    if config.model.vocab_size is None:
+        raise UserError(
+            "model.vocab_size is null (take it from the data) and the data is not there; set "
+            "model.vocab_size=N to plan the ladder without its data"
+        )
+    return config
+
+
 def rung_config(plan: LadderPlan, rung: Rung, extra: Sequence[str] = ()) -> Config:
-    """The config at `rung` with `extra` overrides, its vocabulary taken from the data."""
-    return with_data_vocab(load_config(plan.config, (*plan.overrides, *rung.overrides, *extra)))
+    """The config at `rung` with `extra` overrides and its vocabulary."""
+    return with_vocab(plan, load_config(plan.config, (*plan.overrides, *rung.overrides, *extra)))
 
 
 def rung_size(plan: LadderPlan, rung: Rung) -> RungSize:

@@ -35,11 +35,11 @@ from layerwise.ladder.plan import (
     ladder_runs,
     parameter_counts,
     rung_size,
+    with_vocab,
 )
 from layerwise.launch import train
 from layerwise.runs.files import CONFIG_FILE, RunSummary
 from layerwise.runs.lock import DirectoryLock
-from layerwise.training.build import with_data_vocab
 from layerwise.training.callbacks.wandb import with_wandb_cell
 from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
@@ -64,7 +64,7 @@ def resolve(plan: LadderPlan, run: LadderRun, world_size: int) -> Planned:
     """The run's config, checked as a comparison checks its cells."""
 
     def resolved() -> PlannedRun:
-        config = with_data_vocab(load_config(plan.config, run.cell.overrides))
+        config = with_vocab(plan, load_config(plan.config, run.cell.overrides))
         # one W&B run per run directory: a branched run's budgets continue the same one
         return PlannedRun(
             run.cell, with_wandb_cell(config, plan.out.absolute().name, run.cell.run_id)
