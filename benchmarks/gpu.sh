@@ -15,6 +15,8 @@
 #   eval    `layerwise eval` (tasks core, small --limit) and `analyze`: `layerwise analyze` on it
 #   bench   our step against the plain loop for the five 18-layer presets (seq 1024,
 #           micro-batch 48): tokens/s, MFU, peak memory, ours/plain, profile/isotropic
+#   ladder  the GPU ladder preset's smallest size (configs/ladder-gpu.yaml, d192x6), isotropic
+#           and crown matched to it, a short run each at the rung's LR: they train (loss falls)
 #   levers  each speed lever alone against our default step on isotropic (ours only):
 #           compile_loss, attention flash/cudnn, compile_mode=model, fp8 if torchao imports
 # The correctness steps run first; the benchmark then gets what is left of the time budget
@@ -65,6 +67,7 @@ if [[ "$device" == cuda ]]; then
     train_args=(model.n_layers=6 data.seq_len=256 batch.global_batch=32 batch.micro_batch=32
         train.steps=120 checkpoint.interval=40 train.val_interval=60 data.val_windows=64)
     ckpt_step=40 kill_after=45 eval_limit=50 analyze_windows=16
+    ladder_args=(train.steps=60 train.val_interval=30 optim.warmup_steps=5 optim.warmup_fraction=null)
 else
     deadline=330
     bench_cap="${BENCH_BUDGET_S:-70}"
@@ -76,6 +79,8 @@ else
         batch.micro_batch=8 train.steps=14 checkpoint.interval=6 train.val_interval=7
         data.val_windows=8)
     ckpt_step=6 kill_after=8 eval_limit=4 analyze_windows=4
+    ladder_args=(train.steps=4 train.val_interval=2 data.seq_len=32 batch.global_batch=4
+        batch.micro_batch=4 data.val_windows=4 run.compile=false)
 fi
 
 left() { echo $((deadline - (SECONDS - start))); }
@@ -135,6 +140,21 @@ if [[ -f "$work/data/meta.json" ]]; then
     fi
 else
     skip train_killed "no token data"
+fi
+
+# --- the GPU ladder preset's smallest size: both profiles train --------------------------
+if [[ -f "$work/data/meta.json" ]]; then
+    for profile in isotropic crown; do
+        match=isotropic
+        [[ $profile == isotropic ]] && match=null
+        step "ladder_$profile" 150 "${lw[@]}" train configs/ladder-gpu.yaml "data.dir=$work/data" \
+            "run.dir=$work/ladder-$profile" "run.device=$device" run.progress=false \
+            model.vocab_size=null model.d_model=192 model.n_layers=6 "model.profile=$profile" \
+            "model.match=$match" optim.lr=0.00977 \
+            "${ladder_args[@]}"
+    done
+else
+    skip ladder_isotropic "no token data"
 fi
 
 # --- the levers, each alone, and the benchmark in what is left -----------------------------

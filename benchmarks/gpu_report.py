@@ -109,6 +109,25 @@ def eval_checks(out: Path, status: dict[str, str]) -> list[Check]:
     ]
 
 
+def ladder_checks(out: Path, status: dict[str, str]) -> list[Check]:
+    """The GPU ladder preset's smallest size trains for each profile: exit 0, loss falls."""
+    found = []
+    for profile in ("isotropic", "crown"):
+        run = out / "work" / f"ladder-{profile}"
+        train = losses(read_jsonl(run / "metrics.jsonl"), "train")
+        summary = read_json(run / "summary.json") or {}
+        ok = status.get(f"ladder_{profile}") == "0" and len(train) >= 2
+        falls = ok and train[max(train)] < train[min(train)]
+        detail = (
+            f"loss {train[min(train)]:.3f} -> {train[max(train)]:.3f}, "
+            f"{summary.get('mean_tokens_per_s') or 0:,.0f} tok/s, {summary.get('params', 0):,} params"
+            if ok
+            else f"exit {status.get(f'ladder_{profile}', 'not run')}"
+        )
+        found.append(Check.judge(bool(falls), f"ladder-gpu smallest size, {profile}", detail))
+    return found
+
+
 def impl(result: dict[str, Any], name: str) -> dict[str, Any] | None:
     return result.get("impls", {}).get(name)
 
@@ -228,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = [
         *resume_checks(out, status, args.checkpoint_step),
         *eval_checks(out, status),
+        *ladder_checks(out, status),
         *bench_checks(bench, status, args.device),
         *lever_found,
     ]
