@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullLocator
 
 from layerwise.ladder.answer import log_multiplier
 from layerwise.ladder.bootstrap import interval
-from layerwise.ladder.fit import LadderFit
+from layerwise.ladder.fit import LadderFit, rungs_of
 from layerwise.ladder.law import log_law
 from layerwise.util.plots import colour_for, save_figure
 
@@ -56,6 +57,17 @@ def _law(fit: LadderFit, profile: str, log_n: np.ndarray, log_d: np.ndarray) -> 
     return log_law(fit.joint.theta, fit.layout, log_n, log_d, index)
 
 
+def _size_axis(ax: Axes, fit: LadderFit) -> None:
+    """A log axis of parameter counts with a tick at each rung's median N, labelled `20M` or
+    `1.5B`: matplotlib's own `2x10^7` minor labels run into each other over one decade."""
+    ax.set_xscale("log")
+    ax.set_xticks([rung["median_N"] for rung in rungs_of(fit.points)])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(
+        FuncFormatter(lambda n, _: f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M")
+    )
+
+
 def _grid(low: float, high: float) -> np.ndarray:
     return np.geomspace(low, high, 60)
 
@@ -86,8 +98,8 @@ def loss_figure(fit: LadderFit, path: Path) -> Path:
                 return np.exp(log_law(theta, fit.layout, np.log(xs), np.log(r * xs), i))
 
             _draw(ax, fit, xs, curve, colour, profile)
+        _size_axis(ax, fit)
         ax.set(
-            xscale="log",
             title=f"budget {budget + 1}: ~{statistics.median(ratios):.3g} tokens/param",
             xlabel="N (parameters)",
         )
@@ -129,8 +141,8 @@ def difference_figure(fit: LadderFit, path: Path) -> Path:
             )
         _draw(ax, fit, xs, _difference(fit, profile, xs), colour, f"{profile} - {fit.reference}")
     ax.axhline(0.0, color="#888888", linewidth=0.8)
+    _size_axis(ax, fit)
     ax.set(
-        xscale="log",
         title=f"Validation loss minus {fit.reference}'s (markers: budgets, measured)",
         xlabel="N (parameters)",
         ylabel="loss difference (nats)",
@@ -212,8 +224,8 @@ def residuals_figure(fit: LadderFit, path: Path) -> Path:
                 label=profile if budget == 0 else None,
             )
     ax.axhline(0.0, color="#888888", linewidth=0.8)
+    _size_axis(ax, fit)
     ax.set(
-        xscale="log",
         title="Residuals of the joint law (markers: budgets)",
         xlabel="N (parameters)",
         ylabel="log loss - log law",

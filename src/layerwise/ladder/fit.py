@@ -75,7 +75,7 @@ class LadderFit:
             "reference": self.reference,
             "profiles": list(self.layout.profiles),
             "points": len(self.points),
-            "rungs": _rungs(self.points),
+            "rungs": rungs_of(self.points),
             "free": {
                 p: {"params": fit.params(), "diagnostics": fit.diagnostics()}
                 for p, fit in self.free.items()
@@ -94,7 +94,8 @@ class LadderFit:
         }
 
 
-def _rungs(points: Sequence[Point]) -> list[dict[str, Any]]:
+def rungs_of(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """Each rung's label, median N and number of runs, smallest first."""
     labels = sorted({(p.rung_index, p.rung) for p in points})
     return [
         {
