@@ -13,6 +13,8 @@ to add seeds rather than print a confident one.
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,7 @@ from layerwise.ladder.law import (
 )
 from layerwise.ladder.table import Point, check_ladder, group_cells
 from layerwise.util.errors import UserError
-from layerwise.util.stats import LEVEL
+from layerwise.util.stats import LEVEL, t_quantile
 
 REPLICATES = 1000
 
@@ -135,6 +137,8 @@ class HeldOutCell:
     D: float
     seeds: int
     observed: float
+    observed_half: float | None
+    """Half the Student-t 95% interval of the measured mean over seeds (None with one seed)."""
     predicted: float
     low: float | None
     high: float | None
@@ -145,9 +149,19 @@ class HeldOutCell:
 
     @property
     def inside(self) -> bool | None:
+        """Is the measured mean inside the prediction's interval (the fit's uncertainty)?"""
         if self.low is None or self.high is None:
             return None
         return self.low <= self.observed <= self.high
+
+    @property
+    def consistent(self) -> bool | None:
+        """Is the error within both uncertainties, the fit's and the measured mean's seed
+        noise, their 95% half-widths added in quadrature? The honest check with few seeds,
+        where the measured mean itself moves by as much as the prediction's interval."""
+        if self.low is None or self.high is None or self.observed_half is None:
+            return None
+        return abs(self.error) <= math.hypot((self.high - self.low) / 2, self.observed_half)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -160,9 +174,11 @@ class HeldOutCell:
             "predicted_loss": self.predicted,
             "error": self.error,
             "relative_error": self.error / self.observed,
+            "observed_half_width": self.observed_half,
             "low": self.low,
             "high": self.high,
             "inside_interval": self.inside,
+            "consistent_with_seed_noise": self.consistent,
         }
 
 
@@ -208,6 +224,7 @@ def held_out(
     for (profile, _, budget), members in group_cells(points).items():
         if members[0].rung_index != top:
             continue
+        losses = [p.loss for p in members]
         log_n = np.array([np.log(np.mean([p.N for p in members]))])
         log_d = np.array([np.log(np.mean([p.D for p in members]))])
         index = np.array([layout.profiles.index(profile)])
@@ -223,10 +240,18 @@ def held_out(
                 float(np.exp(log_n[0])),
                 float(np.exp(log_d[0])),
                 len(members),
-                float(np.mean([p.loss for p in members])),
+                statistics.fmean(losses),
+                _half_width(losses),
                 predicted,
                 low,
                 high,
             )
         )
     return HeldOut(rung, tuple(cells), fit, None)
+
+
+def _half_width(values: Sequence[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    scale = statistics.stdev(values) / math.sqrt(len(values))
+    return t_quantile(0.5 + LEVEL / 2, len(values) - 1) * scale

@@ -294,26 +294,44 @@ def held_out_section(fit: LadderFit) -> Section:
             "Held-out rung",
             (Paragraph(f"Not checked: {held.skipped}. Add a size to hold one out."),),
         )
+
+    def yes(value: bool | None) -> str:
+        return {True: "yes", False: "no", None: "-"}[value]
+
     rows = tuple(
         (
             c.profile,
             str(c.budget + 1),
-            f"{c.observed:.4f} ({c.seeds} seeds)",
+            f"{c.observed:.4f}"
+            + ("" if c.observed_half is None else f" ± {c.observed_half:.4f}")
+            + f" ({c.seeds} seeds)",
             f"{c.predicted:.4f}" + ("" if c.low is None else f" [{c.low:.4f}, {c.high:.4f}]"),
             f"{c.error:+.4f} ({100 * c.error / c.observed:+.2f} %)",
-            {True: "yes", False: "no", None: "-"}[c.inside],
+            yes(c.inside),
+            yes(c.consistent),
         )
         for c in held.cells
     )
     inside = [c.inside for c in held.cells if c.inside is not None]
-    header = ("Profile", "Budget", "Measured", f"Predicted [{CI}]", "Error", "Inside")
+    consistent = [c.consistent for c in held.cells if c.consistent is not None]
+    header = (
+        "Profile",
+        "Budget",
+        f"Measured [± {CI}]",
+        f"Predicted [{CI}]",
+        "Error",
+        "Inside",
+        "Within both",
+    )
     return Section(
         "Held-out rung",
         (
             Paragraph(
-                f"The joint law fitted without rung {held.rung} predicts its mean loss; "
-                f"{sum(inside)} of {len(inside)} measured values fall inside the prediction's "
-                "interval (which holds the fit's uncertainty, not the seeds' noise)."
+                f"The joint law fitted without rung {held.rung} predicts its mean loss. "
+                f"{sum(inside)} of {len(inside)} measured means fall inside the prediction's "
+                "interval, which holds the fit's uncertainty but not the measured mean's own "
+                f"seed noise; {sum(consistent)} of {len(consistent)} errors are within both "
+                "(their half-widths added in quadrature)."
             ),
             Table(header, rows),
         ),
