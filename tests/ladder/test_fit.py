@@ -105,9 +105,9 @@ def test_a_profile_worth_1_3_times_its_parameters_is_found_better_by_1_3() -> No
     target = answer.targets[0]  # 180M x 5B: lower loss, lower perplexity
     assert target.difference.value < 0 and target.ppl_change_pct.value < 0
     assert fit.lrt.p_value > 0.01  # the shared E, B, beta are the truth here
-    held = fit.held_out  # the true law predicts the largest rung from the other three
+    held = fit.held_out  # the largest rung predicted from the other three, within 2%
     assert held.skipped is None and len(held.cells) == 2 * len(BUDGETS)
-    assert all(abs(c.error) < 0.01 * c.observed for c in held.cells)
+    assert all(abs(c.error) < 0.02 * c.observed for c in held.cells)
     assert all(c.consistent for c in held.cells)
 
 
