@@ -5,6 +5,7 @@ imports no scipy until it fits."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.cli import main
+from layerwise.ladder.answer import Estimate, Multiplier, ProfileAnswer
 from layerwise.ladder.report import files_of, write_ladder_report
 from layerwise.ladder.synthetic import SyntheticProfile, synthetic_points
 from layerwise.ladder.table import point_record, write_table
@@ -97,3 +99,30 @@ def test_the_fit_half_imports_no_scipy_until_it_fits() -> None:
         "assert 'scipy' not in sys.modules, 'scipy imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (Estimate(math.inf, math.nan, math.nan), "no finite multiplier"),
+        (Estimate(1.2, None, None), "one seed per cell"),
+        (Estimate(1.2, math.nan, math.nan), "give no interval"),
+    ],
+)
+def test_an_unjudged_answer_says_why(value: Estimate, why: str) -> None:
+    answer = ProfileAnswer(
+        "crown", "isotropic", (Multiplier("the largest rung", 1e5, 1.0, value),), value, ()
+    )
+    assert answer.verdict == "not judged (no interval)"
+    assert why in answer.sentences()[0]
+
+
+def test_fit_json_is_strict_json_when_the_law_is_degenerate() -> None:
+    from layerwise.ladder.report import finite
+
+    assert json.loads(
+        json.dumps(finite({"m": [math.inf, 1.0], "x": math.nan}), allow_nan=False)
+    ) == {
+        "m": [None, 1.0],
+        "x": None,
+    }

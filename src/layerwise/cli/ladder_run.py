@@ -16,6 +16,7 @@ from layerwise.cli import positive_int
 if TYPE_CHECKING:
     from layerwise.ladder.plan import LadderPlan, LadderRun
 
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]

@@ -182,6 +182,20 @@ class ProfileAnswer:
             "unknown": "not judged (no interval)",
         }[self.ratio.side(1.0)]
 
+    @property
+    def unjudged(self) -> str:
+        """Why the multiplier at the largest rung has no interval to judge by."""
+        value = self.multipliers[0].value
+        if not math.isfinite(value.value):
+            return (
+                f"the law gives no finite multiplier ({self.reference}'s alpha sits at its bound "
+                "of 0: its loss does not fall with N over these sizes), so nothing is judged: "
+                "train longer or over a wider range of sizes"
+            )
+        if value.low is None or value.high is None:
+            return "one seed per cell gives no interval, so nothing is judged: add seeds"
+        return "the bootstrap's refits give no interval, so nothing is judged"
+
     def sentences(self) -> list[str]:
         """The answer in words, each number with its interval."""
         first = self.multipliers[0]
@@ -196,8 +210,7 @@ class ProfileAnswer:
             f"detectable amount {at}: effective parameter multiplier {m}, which includes 1",
         }.get(
             self.verdict,
-            f"{self.profile} against {self.reference} {at}: multiplier {m}; one seed per cell "
-            "gives no interval, so nothing is judged: add seeds",
+            f"{self.profile} against {self.reference} {at}: multiplier {m}; {self.unjudged}",
         )
         trend = f"exponent ratio alpha_{self.profile} / alpha_{self.reference} {self.ratio.describe()}: {self.trend}"
         far = [

@@ -9,9 +9,11 @@ ladder's plan, an LR sweep) through `extra_sections`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from layerwise.ladder.answer import GUESS_FACTOR, TARGETS, Estimate, size_label
 from layerwise.ladder.bootstrap import REPLICATES
@@ -74,11 +76,23 @@ def write_ladder_report(
     files = files_of(out)
     figures = write_figures(fit, out)
     assert figures == files.figures, "files_of names what write_figures writes"
-    atomic_write_json(files.fit_json, fit.to_json())
+    atomic_write_json(files.fit_json, finite(fit.to_json()))
     sections = [*report_sections(fit, out, figures), *extra_sections, method_section(fit)]
     atomic_write_text(files.markdown, render_markdown(TITLE, sections))
     atomic_write_text(files.html, render_html(TITLE, sections))
     return fit
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as null: strict JSON, which every reader of fit.json
+    (jq, JavaScript) accepts; a degenerate fit's multiplier is one."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def report_sections(fit: LadderFit, out: Path, figures: Sequence[Path]) -> list[Section]:
