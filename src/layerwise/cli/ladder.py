@@ -36,15 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def target(text: str) -> tuple[float, float]:
     """argparse type of --target: `N:D` as counts (`1B:20B`, `180e6:5e9`)."""
-    from layerwise.util.units import parse_count
+    from layerwise.ladder.answer import parse_target
 
-    n, colon, d = text.partition(":")
-    if not colon:
-        raise argparse.ArgumentTypeError(f"{text!r}: write N:D, e.g. 1B:20B")
     try:
-        return float(parse_count(n)), float(parse_count(d))
+        return parse_target(text, "--target")
     except UserError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_fit_parser(commands: argparse._SubParsersAction) -> None:
@@ -100,7 +97,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(Path(files.fit_json).read_text(encoding="utf-8"))
         return 0
-    console = Console()
+    console = Console(soft_wrap=True)
     for found in fit.answers:
         for sentence in found.sentences():
             console.print(escape(f"- {sentence}"))

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         "bootstrap": args.bootstrap,
     }
     plan = make_ladder_plan(args.config, args.out, args.overrides, **flags)
-    console = Console()
+    console = Console(soft_wrap=True)
     main_process = join_distributed(plan).is_main
     if main_process:
         sizes, runs = prepare(plan, 1)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from layerwise.ladder.plan import read_ladder_plan
 
-    print_report(Console(), read_ladder_plan(Path(args.out)))
+    print_report(Console(soft_wrap=True), read_ladder_plan(Path(args.out)))
     return 0
 
 

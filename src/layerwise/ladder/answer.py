@@ -20,9 +20,26 @@ import numpy as np
 
 from layerwise.ladder.bootstrap import Bootstrap, interval
 from layerwise.ladder.law import Layout, log_law
+from layerwise.util.errors import UserError
+from layerwise.util.units import parse_count
 
 TARGETS: tuple[tuple[float, float], ...] = ((180e6, 5e9), (1e9, 20e9))
 """The study's 180M parameters x 5B tokens, and 1B parameters at 20 tokens per parameter."""
+
+
+def parse_target(text: str, where: str) -> tuple[float, float]:
+    """`180M:5B` -> (180e6, 5e9): a parameter count and a token count, as users write them."""
+    params, sep, tokens = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return float(parse_count(params)), float(parse_count(tokens))
+    except (ValueError, UserError):
+        raise UserError(
+            f"{where}: target {text!r} must be PARAMS:TOKENS, e.g. 180M:5B, 1B:20B or 180e6:5e9"
+        ) from None
+
+
 EXTRAPOLATIONS = (1e9, 7e9)
 GUESS_FACTOR = 100.0
 """Beyond this many times the largest trained N an extrapolated number is flagged as a guess."""

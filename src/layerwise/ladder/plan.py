@@ -33,6 +33,7 @@ from typing import Any
 from layerwise.compare.cells import Cell
 from layerwise.config.loader import load_config
 from layerwise.config.schema import Config, LadderConfig, global_batch, warmup_steps
+from layerwise.ladder.answer import parse_target
 from layerwise.profiles.shape import (
     ModelShape,
     embedding_params,
@@ -43,7 +44,6 @@ from layerwise.training.build import with_data_vocab
 from layerwise.training.optim import wsd_decay_start
 from layerwise.training.shape import config_shape
 from layerwise.util.errors import UserError
-from layerwise.util.units import parse_count
 
 MANIFEST_FILE = "ladder.json"
 TABLE_FILE = "ladder.csv"
@@ -85,19 +85,6 @@ def parse_size(value: int | str, where: str) -> Rung:
     return Rung(int(found[1]), None if found[2] is None else int(found[2]))
 
 
-def parse_target(text: str, where: str) -> tuple[int, int]:
-    """`180M:5B` -> (180_000_000, 5_000_000_000): a parameter count and a token count."""
-    params, sep, tokens = text.partition(":")
-    try:
-        if not sep:
-            raise ValueError
-        return parse_count(params.strip()), parse_count(tokens.strip())
-    except (ValueError, UserError):
-        raise UserError(
-            f"{where}: target {text!r} must be PARAMS:TOKENS, e.g. 180M:5B or 1B:20B"
-        ) from None
-
-
 @dataclass(frozen=True)
 class LadderPlan:
     """What `layerwise ladder` was asked for; saved in OUT as the ladder's manifest."""
@@ -121,7 +108,7 @@ class LadderPlan:
         return tuple(sorted(self.settings.tokens_per_param))
 
     @property
-    def targets(self) -> tuple[tuple[int, int], ...]:
+    def targets(self) -> tuple[tuple[float, float], ...]:
         return tuple(parse_target(t, "ladder.targets") for t in self.settings.targets)
 
     def manifest(self) -> dict[str, Any]:

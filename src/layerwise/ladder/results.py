@@ -178,7 +178,7 @@ def write_ladder_report_of(plan: LadderPlan) -> LadderFit:
         read_table(table),
         plan.out,
         reference=plan.settings.reference,
-        targets=[(float(n), float(d)) for n, d in plan.targets],
+        targets=plan.targets,
         bootstrap=plan.settings.bootstrap,
         extra_sections=extra,
         source=f"ladder {plan.out}",
