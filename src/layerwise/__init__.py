@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from layerwise.compare.run import make_plan, run_comparison
     from layerwise.config.loader import load_config
     from layerwise.config.schema import Config
+    from layerwise.ladder.fit import fit_ladder
+    from layerwise.ladder.plan import make_ladder_plan
+    from layerwise.ladder.results import write_ladder_report_of
+    from layerwise.ladder.run import run_ladder
+    from layerwise.ladder.table import read_table
     from layerwise.launch import train
     from layerwise.profiles.budget import BudgetResult, resolve_shape, solve_budget
     from layerwise.profiles.recipes import (
@@ -47,6 +52,11 @@ _PUBLIC = {
     "make_plan": "layerwise.compare.run",
     "run_comparison": "layerwise.compare.run",
     "write_report": "layerwise.compare.report",
+    "make_ladder_plan": "layerwise.ladder.plan",
+    "run_ladder": "layerwise.ladder.run",
+    "write_ladder_report_of": "layerwise.ladder.results",
+    "fit_ladder": "layerwise.ladder.fit",
+    "read_table": "layerwise.ladder.table",
     "PRESETS": "layerwise.profiles.recipes",
     "SHAPES": "layerwise.profiles.recipes",
     "ProfileSpec": "layerwise.profiles.recipes",
@@ -74,19 +84,24 @@ __all__ = [
     "ProfileSpec",
     "TrainedModel",
     "__version__",
+    "fit_ladder",
     "flops_per_token",
     "load_config",
     "load_model",
     "lookup_spec",
+    "make_ladder_plan",
     "make_plan",
     "non_embedding_params",
     "plan_run",
+    "read_table",
     "resolve_shape",
     "run_comparison",
+    "run_ladder",
     "shape_from_spec",
     "solve_budget",
     "total_params",
     "train",
+    "write_ladder_report_of",
     "write_report",
 ]
 

@@ -135,9 +135,13 @@ def run_report(args: argparse.Namespace) -> int:
 
 def print_report(console: Console, plan: LadderPlan) -> None:
     from layerwise.ladder.report import files_of
-    from layerwise.ladder.results import write_ladder_report_of
+    from layerwise.ladder.results import read_sweep, write_ladder_report_of
+    from layerwise.ladder.run import sweep_edges
 
     fit = write_ladder_report_of(plan)
+    sweep = read_sweep(plan)
+    for warning in sweep_edges(plan, sweep["best"]) if sweep else []:
+        console.print(escape(f"warning: {warning}"))
     for found in fit.answers:
         for sentence in found.sentences():
             console.print(escape(f"- {sentence}"))
