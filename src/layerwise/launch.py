@@ -1,9 +1,10 @@
 """`layerwise.train`: the core trainer with every callback the config asks for.
 
 The trainer (layerwise.training) knows nothing of the capabilities built on it; this is where a
-config's in-loop downstream evaluation (`eval.tasks`) and its own callbacks (`run.callbacks`)
-join a run. Every command that trains (train, compare, search, demo) comes through here, so a
-setting in the config means the same whichever command runs it.
+config's in-loop downstream evaluation (`eval.tasks`), its Hugging Face export
+(`run.export_at_end`) and its own callbacks (`run.callbacks`) join a run. Every command that
+trains (train, compare, search, demo) comes through here, so a setting in the config means the
+same whichever command runs it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from layerwise.config.loader import callback_spec
 from layerwise.config.schema import Config, data_sources
 from layerwise.evaluation.callback import DownstreamEval
+from layerwise.hf.callback import export_at_end
 from layerwise.runs.files import RunSummary
 from layerwise.training import trainer
 from layerwise.training.callbacks.base import Callback
@@ -23,7 +25,8 @@ from layerwise.util.imports import import_object
 
 
 def configured_callbacks(config: Config) -> list[Callback]:
-    """The callbacks `config` itself asks for: downstream tasks, then `run.callbacks`."""
+    """The callbacks `config` itself asks for: downstream tasks, the export at the end (checked
+    now, before the run builds anything), then `run.callbacks`."""
     callbacks: list[Callback] = []
     if config.eval.tasks:
         # the text is tokenized with the data's tokenizer: the first source's (they share one)
@@ -33,6 +36,9 @@ def configured_callbacks(config: Config) -> list[Callback]:
                 config.eval, tokenizer_dir, config.data.seq_len, config.train.val_interval
             )
         )
+    export = export_at_end(config)
+    if export is not None:
+        callbacks.append(export)
     for index, entry in enumerate(config.run.callbacks or ()):
         callbacks.append(_user_callback(index, entry))
     return callbacks

@@ -45,8 +45,10 @@ def run_export(args: argparse.Namespace) -> int:
         args.overwrite,
         args.max_position_embeddings,
     )
-    kind = "native Olmo2" if result.native else "layer-wise Olmo2 (remote code)"
-    print(f"exported step {result.step} of {args.run_dir} to {result.out} as {kind}; load it with:")
+    print(
+        f"exported step {result.step} of {args.run_dir} to {result.out} as {result.kind}; "
+        "load it with:"
+    )
     print()
     print(result.loading_code())
     return 0

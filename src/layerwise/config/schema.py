@@ -220,6 +220,9 @@ class RunConfig:
     """Callbacks to add to the run, each `package.module:Class` or {class: ..., args: {...}}
     (keyword arguments for the class); the class must subclass `layerwise.Callback`."""
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata=_OPERATIONAL)
+    export_at_end: bool | str = field(default=False, metadata=_OPERATIONAL)
+    """When the run finishes, write its Hugging Face export (the hf extra): true for RUN_DIR/hf,
+    or a directory; an earlier export there is replaced. Not after SIGINT/SIGTERM or an error."""
 
 
 @dataclass

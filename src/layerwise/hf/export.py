@@ -47,6 +47,10 @@ class ExportResult:
     """True: a native Olmo2 checkpoint; False: layer-wise, loaded with trust_remote_code."""
     step: int
 
+    @property
+    def kind(self) -> str:
+        return "native Olmo2" if self.native else "layer-wise Olmo2 (remote code)"
+
     def loading_code(self) -> str:
         """The Python that loads the export and generates from it. A layer-wise export's
         tokenizer gets trust_remote_code too: AutoTokenizer reads config.json, and would otherwise
@@ -140,20 +144,31 @@ def declared_positions(train_seq_len: int, requested: int | None) -> int:
     return requested
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
+def check_output_dir(out: Path, overwrite: bool, what: str = "--out") -> None:
     """Refuse to replace an existing directory unless asked, and never one that is not an
-    export (no config.json), so a typo cannot delete unrelated files; a path that cannot be
-    written (under a file, or on a file system that takes no new files) is refused first."""
-    check_output(out, "--out", "directory")
+    export (`is_export`), so a typo cannot delete unrelated files, a downloaded model included;
+    a path that cannot be written (under a file, or on a file system that takes no new files) is
+    refused first. `what` is the flag or config key that named `out`."""
+    check_output(out, what, "directory")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
-    if not (out / "config.json").is_file():
+        raise UserError(f"{what} {out} already exists; pass --overwrite to replace it")
+    if not is_export(out):
         raise UserError(
-            f"--out {out} is not empty and holds no config.json (not an export); refusing to "
-            "replace it with --overwrite. Choose another directory"
+            f"{what} {out} is not empty and is not a layerwise export (no config.json naming "
+            f"{PROFILE_KEY}); refusing to replace it. Choose another directory"
         )
+
+
+def is_export(directory: Path) -> bool:
+    """`directory` holds an export of ours: its config.json names the profile, as every export
+    has written."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and PROFILE_KEY in config
 
 
 def generation_config(eos_id: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from layerwise.nn.model import Transformer, rope_tables
-from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape
+from layerwise.profiles.shape import BlockOptions, LayerSpec, ModelShape, NormOrder
 from layerwise.util.errors import UserError
 
 NATIVE_MODEL_TYPE = "olmo2"
@@ -114,6 +114,16 @@ def is_isotropic(shape: ModelShape) -> bool:
     return len(set(shape.layers)) == 1
 
 
+def check_exportable(norm_order: NormOrder) -> None:
+    """Refuse a block transformers has no layer for, so that a run which is to be exported
+    (`run.export_at_end`) is refused before it trains, not after."""
+    if norm_order != "reordered":
+        raise UserError(
+            f"model.norm_order={norm_order}: only the reordered norm (OLMo2's block) "
+            "has a Hugging Face architecture to export to"
+        )
+
+
 def hf_config(
     shape: ModelShape,
     options: BlockOptions,
@@ -129,11 +139,7 @@ def hf_config(
     `options.max_seq_len`, which is always written as TRAIN_SEQ_LEN_KEY). Both models compute
     RoPE from the positions on the fly, so no table limits them to either.
     """
-    if options.norm_order != "reordered":
-        raise UserError(
-            f"model.norm_order={options.norm_order}: only the reordered norm (OLMo2's block) "
-            "has a Hugging Face architecture to export to"
-        )
+    check_exportable(options.norm_order)
     first = shape.layers[0]
     common: dict[str, Any] = {
         "vocab_size": shape.vocab_size,
