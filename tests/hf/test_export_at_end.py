@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,6 +110,24 @@ def test_every_cell_of_a_comparison_is_exported_into_its_run_directory(
     assert main(argv) == 0
     exports = sorted(path.parent.parent.relative_to(out) for path in out.glob("**/hf/config.json"))
     assert exports == [Path("crown/seed0"), Path("isotropic/seed0")]
+
+
+@pytest.mark.slow
+def test_rank_zero_of_an_fsdp_run_exports_alone(tmp_path: Path, data: Path) -> None:
+    """Rank 0 reloads the final checkpoint by itself, with no other rank to take part in DCP's
+    collectives; the export is the model `layerwise export` makes of the same run."""
+    config = run_config(tmp_path, data, True)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*launcher, "-m", "layerwise", "train", str(config), "parallel.strategy=fsdp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("layerwise: exported step 12") == 1
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "cli")]) == 0
+    tokens = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(
+        hf_logits(tmp_path / "run" / "hf", tokens), hf_logits(tmp_path / "cli", tokens)
+    )
 
 
 @pytest.mark.parametrize(

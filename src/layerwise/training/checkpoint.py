@@ -272,11 +272,15 @@ def _prune(run_dir: Path, keep: int, protect: Collection[int] = ()) -> None:
 
 def load_model_weights(path: Path, model: nn.Module) -> None:
     """Load only the model's weights from the checkpoint in `path` (no optimizer, no state):
-    for evaluation, analysis, export, or a new run that starts from trained weights."""
+    for evaluation, analysis, export, or a new run that starts from trained weights.
+
+    `model` is whole (not sharded), so each process reads every tensor it needs by itself
+    (`no_dist`): rank 0 alone may load it (`run.export_at_end` after the other ranks are done)
+    without waiting on collectives no other rank joins."""
     state = get_model_state_dict(model)
     try:
         with _quiet_single_process():
-            dcp.load({"model": state}, checkpoint_id=path)
+            dcp.load({"model": state}, checkpoint_id=path, no_dist=True)
     except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
         raise UserError(
             f"checkpoint {path} could not be loaded into this model ({_cause(exc)}); was it "
