@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,24 @@ def test_a_storage_directory_is_refused(
         f"--storage {folder} is a directory",
         str(folder / "study.journal"),
     )
+
+
+def test_cmaes_without_its_package_is_refused_naming_the_extra(
+    search_args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    real = importlib.util.find_spec
+
+    def without_cmaes(name: str, package: str | None = None) -> ModuleSpec | None:
+        return None if name == "cmaes" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_cmaes)
+    refused(
+        capsys,
+        [*search_args, "--sampler", "cmaes"],
+        "--sampler cmaes needs the cmaes package",
+        "pip install 'layerwise[search]'",
+    )
+    assert not (tmp_path / "out" / "study.journal").exists()  # refused before the study

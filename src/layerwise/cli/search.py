@@ -43,7 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="finished trials the study should hold, baselines included (30)",
     )
     parser.add_argument("--storage", help="RDB URL or journal file (default OUT/study.journal)")
-    parser.add_argument("--sampler", choices=("tpe", "cmaes", "gp", "random"), default="tpe")
+    parser.add_argument(
+        "--sampler",
+        choices=("tpe", "cmaes", "nsga2", "gp", "random"),
+        help="tpe, cmaes (CMA-ES on the anchors), nsga2 (a genetic algorithm; with --pruner "
+        "hyperband or none), gp, random; kept by the study (default: the study's, tpe for a "
+        "new one)",
+    )
     parser.add_argument("--seed", type=int, help="sampler seed (give each worker its own)")
     parser.add_argument("--pruner", choices=("sha", "hyperband", "none"), default="sha")
     parser.add_argument("--rungs", type=positive_int, default=3, help="fidelity levels (3)")

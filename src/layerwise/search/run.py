@@ -40,14 +40,16 @@ def run_search(
     out: str | Path,
     trials: int,
     storage: str | None = None,
-    sampler: str = "tpe",
+    sampler: str | None = None,
     seed: int | None = None,
     pruner: str = "sha",
     callbacks: Sequence[Callback] = (),
     say: Callable[[str], None] = print,
 ) -> SearchResult:
     """Run trials until the study holds `trials` finished (complete or pruned) ones, counting
-    those of earlier runs and of other workers, then write DIR/trials.csv and DIR/report.md."""
+    those of earlier runs and of other workers, then write DIR/trials.csv and DIR/report.md.
+    `sampler` (tpe, cmaes, nsga2, gp, random) is kept by the study: None continues with the
+    study's own, tpe for a new one; another is refused."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_plan(plan, out)

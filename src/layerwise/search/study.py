@@ -4,7 +4,8 @@ By default the study lives in `DIR/study.journal`, an Optuna journal file: many 
 one machine, or a SLURM array on a shared filesystem, append to it under a file lock, with no
 database server. `--storage` takes an RDB URL (sqlite:///..., postgresql://...) instead, or
 another journal file path. The search plan is saved in the study's user attributes, so a worker
-started with other settings is refused instead of mixing two experiments in one study.
+started with other settings is refused instead of mixing two experiments in one study; so is
+one started with another sampler, since CMA-ES and NSGA-II keep their state in the study.
 
 Setting the study up (saving the plan, enqueuing the five baselines, re-enqueuing interrupted
 trials) happens under a lock file in DIR, so workers started together enqueue everything once.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from layerwise.runs.lock import abandoned
 from layerwise.search.plan import BASELINES, SearchPlan
-from layerwise.search.space import baseline_params
+from layerwise.search.space import SearchSpace, baseline_params
 from layerwise.util.errors import UserError
 
 STUDY_NAME = "layerwise-search"
@@ -36,8 +38,11 @@ TRIALS_DIR = "trials"
 JOURNAL_FILE = "study.journal"
 PLAN_ATTR = "plan"
 STARTS_ATTR = "starts"
+SAMPLER_ATTR = "sampler"
+DEFAULT_SAMPLER = "tpe"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-_SAMPLER_NEEDS = {"cmaes": "cmaes", "gp": "scipy"}
+_SAMPLER_NEEDS = {"cmaes": ("cmaes", "'layerwise[search]'"), "gp": ("scipy", "scipy")}
+"""Sampler: (the module it needs beyond Optuna, what to install for it)."""
 
 
 def open_storage(storage: str | None, out: Path) -> BaseStorage:
@@ -108,15 +113,65 @@ def check_journal(path: Path) -> None:
         )
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The sampler; those that need an optional package say which, before the first trial."""
-    module = _SAMPLER_NEEDS.get(name)
-    if module is not None and importlib.util.find_spec(module) is None:
-        raise UserError(f"--sampler {name} needs the {module} package: pip install {module}")
+def check_sampler(name: str, pruner: str, plan: SearchPlan) -> None:
+    """Refuse, before the study is opened, a sampler whose package is missing, or one that
+    could not learn under the pruner.
+
+    NSGA-II breeds a generation from complete trials only. Successive halving completes at
+    most 1 trial in eta^(rungs-1), and far fewer once the baselines set the bar at every rung
+    (3 of 60 in a synthetic test), so NSGA-II would stay in its random first generation.
+    Hyperband is accepted: some of its brackets never prune.
+    """
+    needs = _SAMPLER_NEEDS.get(name)
+    if needs is not None and importlib.util.find_spec(needs[0]) is None:
+        raise UserError(f"--sampler {name} needs the {needs[0]} package: pip install {needs[1]}")
+    decisions = len(plan.rung_steps()) - 1
+    if name == "nsga2" and pruner == "sha" and decisions > 0:
+        raise UserError(
+            "--sampler nsga2 with --pruner sha: NSGA-II breeds each generation from complete "
+            f"trials only, and successive halving lets at most 1 trial in {plan.eta**decisions} "
+            "complete (far fewer once good shapes set the bar), so NSGA-II would stay in its "
+            f"random first generation of {population_size(plan.space)}; give nsga2 --pruner "
+            "hyperband (some of its brackets never prune) or --pruner none, or use --sampler "
+            "cmaes, which ranks a pruned trial by its last rung's loss"
+        )
+
+
+def population_size(space: SearchSpace) -> int:
+    """CMA-ES's default population for the space's parameters, 4 + floor(3 ln d) (Hansen's
+    rule), given to NSGA-II as well: Optuna's default of 50 would keep a search of a few dozen
+    trials in NSGA-II's random first generation."""
+    dimensions = 2 * space.anchors + (len(space.frames) > 1)
+    return 4 + math.floor(3 * math.log(dimensions))
+
+
+def independent_note(name: str, space: SearchSpace) -> str | None:
+    """What the sampler cannot learn in this space, said once per start: CMA-ES models floats
+    only, so a searched frame (a yes/no choice) is drawn at random for every trial."""
+    if name != "cmaes" or len(space.frames) == 1:
+        return None
+    return (
+        f"--sampler cmaes adapts the {2 * space.anchors} anchors but cannot model the frame "
+        "choice (--frame search): each trial's frame is drawn at random, whatever the losses "
+        "say; give --frame on or --frame off to search the anchors alone"
+    )
+
+
+def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The sampler (its package checked by `check_sampler`)."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        with warnings.catch_warnings():  # consider_pruned_trials is "experimental" since 2.0
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # a pruned trial counts with its last rung's loss, a shorter run's, so it normally
+            # ranks below every complete trial; counting complete trials only, a generation
+            # would wait for about eta^(rungs-1) times as many trials
+            return optuna.samplers.CmaEsSampler(
+                seed=seed, consider_pruned_trials=True, warn_independent_sampling=False
+            )
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population_size(space), seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -148,9 +203,17 @@ def setup_lock(out: Path) -> Iterator[None]:
 
 
 def open_study(
-    plan: SearchPlan, out: Path, storage: str | None, sampler: str, seed: int | None, pruner: str
+    plan: SearchPlan,
+    out: Path,
+    storage: str | None,
+    sampler: str | None,
+    seed: int | None,
+    pruner: str,
 ) -> optuna.Study:
-    """Create or continue the study in the storage, its plan checked, its first trials queued."""
+    """Create or continue the study in the storage, its plan and sampler checked, its first
+    trials queued. `sampler` None continues with the study's own (tpe for a new study)."""
+    if sampler is not None:
+        check_sampler(sampler, pruner, plan)  # before a new study's files are written
     out.mkdir(parents=True, exist_ok=True)
     store = open_storage(storage, out)
     with setup_lock(out):
@@ -158,16 +221,20 @@ def open_study(
             storage=store,
             study_name=STUDY_NAME,
             direction="minimize",
-            sampler=make_sampler(sampler, seed),
             pruner=make_pruner(pruner, plan),
             load_if_exists=True,
         )
         check_same_plan(study, plan)
-        study.sampler = make_sampler(sampler, start_seed(study, seed))
+        name = study_sampler(study, sampler)
+        check_sampler(name, pruner, plan)
+        study.sampler = make_sampler(name, start_seed(study, seed), plan.space)
         if not study.trials:
             enqueue_baselines(study, plan)
         fail_abandoned(study, out)
         requeue_interrupted(study)
+    note = independent_note(name, plan.space)
+    if note is not None:
+        print(f"layerwise: warning: {note}", file=sys.stderr)
     return study
 
 
@@ -217,6 +284,26 @@ def check_same_plan(study: optuna.Study, plan: SearchPlan) -> None:
             f"the study in this storage was started with other settings ({'; '.join(differences)});"
             " a study holds one experiment: rerun with its settings, or use a new --out/--storage"
         )
+
+
+def study_sampler(study: optuna.Study, sampler: str | None) -> str:
+    """The study's sampler, saved when it is created: `sampler` if given, else the saved one,
+    else tpe. One sampler per study, since CMA-ES and NSGA-II keep their state (distribution,
+    generations) in the study and learn from the trials they drew themselves: another
+    sampler's trials would be lost on them, and their half-bred generations on it. (A study
+    begun before the sampler was saved takes the first one it is started with.)"""
+    saved = study.user_attrs.get(SAMPLER_ATTR)
+    if saved is None:
+        saved = sampler or DEFAULT_SAMPLER
+        study.set_user_attr(SAMPLER_ATTR, saved)
+    elif sampler is not None and sampler != saved:
+        raise UserError(
+            f"--sampler {sampler}: the study in this storage was started with --sampler {saved}, "
+            "and a study keeps one sampler (CMA-ES and NSGA-II keep their state in the study "
+            f"and learn from their own trials only): rerun with --sampler {saved} or without "
+            "--sampler, or use a new --out/--storage"
+        )
+    return str(saved)
 
 
 def enqueue_baselines(study: optuna.Study, plan: SearchPlan) -> None:
