@@ -181,3 +181,19 @@ def test_bootstrap_intervals_cover_the_true_multiplier_at_about_the_nominal_rate
         widths.append(float(high - low))
     assert covered >= binom.ppf(0.001, 40, 0.95)
     assert 0.6 < np.mean(widths) / (2 * 1.96 * np.std(estimates)) < 1.6
+
+
+@pytest.mark.parametrize(("seeds", "warned"), [(2, True), (3, False)])
+def test_two_seeds_per_cell_are_flagged_as_giving_too_narrow_intervals(
+    seeds: int, warned: bool
+) -> None:
+    points = synthetic_points(
+        [SyntheticProfile("isotropic"), SyntheticProfile("crown", effective=1.1)],
+        sizes=(5e6, 1e7, 2e7),
+        tokens_per_param=(5, 20),
+        seeds=seeds,
+    )
+    fit = fit_ladder(points, bootstrap=100)
+    assert bool(fit.warnings) is warned
+    assert all("only 2 seeds" in w and "3 distinct resamples" in w for w in fit.warnings)
+    assert fit.to_json()["warnings"] == list(fit.warnings)

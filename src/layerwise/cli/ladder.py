@@ -101,6 +101,8 @@ def run_fit(args: argparse.Namespace) -> int:
     for found in fit.answers:
         for sentence in found.sentences():
             console.print(escape(f"- {sentence}"))
+    for warning in fit.warnings:
+        console.print(escape(f"warning: {warning}"))
     console.print(
         f"fit: {files.fit_json}  report: {files.markdown}  page: {files.html}  figures: "
         f"{files.figures[0].parent}/ ({', '.join(p.name for p in files.figures)})"

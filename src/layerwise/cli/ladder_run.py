@@ -145,6 +145,8 @@ def print_report(console: Console, plan: LadderPlan) -> None:
     for found in fit.answers:
         for sentence in found.sentences():
             console.print(escape(f"- {sentence}"))
+    for warning in fit.warnings:
+        console.print(escape(f"warning: {warning}"))
     files = files_of(plan.out)
     console.print(
         f"table: {plan.out / 'ladder.csv'}  fit: {files.fit_json}  report: {files.markdown}  "

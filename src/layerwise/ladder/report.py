@@ -138,6 +138,8 @@ def summary_section(fit: LadderFit) -> Section:
             )
         )
     blocks.append(Bullets(tuple(s for a in fit.answers for s in a.sentences())))
+    if fit.warnings:
+        blocks.append(Bullets(tuple(f"warning: {w}" for w in fit.warnings)))
     return Section(None, tuple(blocks))
 
 
