@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,9 +122,12 @@ def paired_bootstrap(
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over the replicates (axis 0), ignoring undefined values."""
+    """Percentile interval over the replicates (axis 0), ignoring undefined values; NaN where
+    no replicate defines one (a degenerate law's infinite multiplier), without numpy's warning."""
     tail = 50.0 * (1.0 - level)
-    low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        low, high = np.nanpercentile(values, [tail, 100.0 - tail], axis=0)
     return low, high
 
 
