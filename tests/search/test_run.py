@@ -93,6 +93,9 @@ def test_the_five_baselines_come_first_and_pruning_happens(
     trials = trials_of(out)
     assert [t.user_attrs["source"] for t in trials[:5]] == list(BASELINES)
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) >= 1
+    # the baselines compete at every rung: successive halving recorded their first rung
+    trained = [t for t in trials[:5] if "reused_from" not in t.user_attrs]
+    assert trained and all("completed_rung_0" in t.system_attrs for t in trained)
     # the overhead figure counts pruned trials' training as training
     trained = sum(t.user_attrs.get("train_s", 0.0) for t in trials)
     assert result.timing.train_s == pytest.approx(trained)
@@ -140,17 +143,17 @@ def test_an_interrupted_search_resumes_with_no_trial_lost_or_repeated(
 ) -> None:
     plan = SearchPlan(str(write_config(tmp_path, markov_data)))
     out = tmp_path / "out"
-    stop = SignalAt(out / "trials" / "trial-0005", step=10)  # in its last rung
+    stop = SignalAt(out / "trials" / "trial-0001", step=10)  # vanilla, in its last rung
     with pytest.raises(RunInterrupted):
         run_search(plan, out, 8, sampler="random", seed=0, callbacks=[stop], say=print)
     run_search(plan, out, 8, sampler="random", seed=0, say=print)
     trials = trials_of(out)
     done = [t for t in trials if t.state.is_finished() and t.state.name != "FAIL"]
     assert len(done) == 8
-    resumed = [t for t in trials if t.user_attrs.get("resume_of") == 5]
-    assert len(resumed) == 1 and resumed[0].params == trials[5].params
+    resumed = [t for t in trials if t.user_attrs.get("resume_of") == 1]
+    assert len(resumed) == 1 and resumed[0].params == trials[1].params
     # the resumed trial continued trial 5's run: its steps after the interruption come once
-    records = read_records(out / "trials" / "trial-0005" / "metrics.jsonl")
+    records = read_records(out / "trials" / "trial-0001" / "metrics.jsonl")
     steps = [r["step"] for r in records if r["type"] == "train" and r["step"] > 6]
     assert steps.count(11) == 1
     keys = [t.user_attrs["key"] for t in done if "reused_from" not in t.user_attrs]
@@ -225,10 +228,14 @@ def test_fidelity_check_reports_rank_correlation(tmp_path: Path, markov_data: Pa
 
 
 def test_confirm_retrains_the_found_shape_beside_the_baselines(
-    searched: tuple[Path, Path, SearchResult], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, markov_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config, out, _ = searched
-    args = ["search", str(config), "--out", str(out), "--trials", "8", "--confirm", "1"]
+    # without pruning, so that a sampled shape finishes: with the baselines in the halving, the
+    # tiny fixture search prunes every sampled one
+    config, out = write_config(tmp_path, markov_data), tmp_path / "out"
+    run_search(SearchPlan(str(config)), out, 6, sampler="random", seed=0, pruner="none")
+    args = ["search", str(config), "--out", str(out), "--trials", "6", "--pruner", "none"]
+    args += ["--confirm", "1"]
     assert cli_main([*args, "train.steps=6"]) == 2  # a changed experiment is refused
     assert cli_main(args) == 0
     results = list(csv.DictReader((out / "confirm" / "results.csv").open()))
@@ -276,7 +283,7 @@ class KillAt(Callback):
         if trainer.run_dir.name == "trial-0005" and trainer.state.step == 10:
             os.kill(os.getpid(), signal.SIGKILL)
 
-run_search(SearchPlan(sys.argv[1]), sys.argv[2], 8, sampler="random", seed=0,
+run_search(SearchPlan(sys.argv[1]), sys.argv[2], 8, sampler="random", seed=0, pruner="none",
            callbacks=[KillAt()])
 """
 
@@ -301,7 +308,9 @@ def test_a_trial_whose_worker_was_killed_is_run_again_with_its_finished_rungs(
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(objective, "train", counting)
-        run_search(SearchPlan(str(config)), out, 8, sampler="random", seed=0, say=print)
+        run_search(
+            SearchPlan(str(config)), out, 8, sampler="random", seed=0, pruner="none", say=print
+        )
     assert "trial 5 was left running" in capsys.readouterr().err
     trials = trials_of(out)
     assert trials[5].state == optuna.trial.TrialState.FAIL and "error" not in trials[5].user_attrs
@@ -311,7 +320,7 @@ def test_a_trial_whose_worker_was_killed_is_run_again_with_its_finished_rungs(
     assert {s: again[0].intermediate_values[s] for s in (2, 6)} == killed.intermediate_values
     trial5 = str(out / "trials" / "trial-0005")
     assert [steps for run, steps in trained if run == trial5] == [18], "rungs 1-2 were reused"
-    records = read_records(out / "trials" / "trial-0005" / "metrics.jsonl")
+    records = read_records(out / "trials" / "trial-0001" / "metrics.jsonl")
     steps = [r["step"] for r in records if r["type"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == 18  # each step once, in order
 

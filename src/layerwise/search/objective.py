@@ -151,7 +151,10 @@ class TrialRunner:
             self.say(
                 f"{label}: rung {rung + 1}/{len(steps)} ({rung_steps} steps) val loss {loss:.4f}"
             )
-            if baseline is None and rung < len(steps) - 1 and trial.should_prune():
+            # every trial asks: Optuna's halving pruners rank a rung among the trials that
+            # asked at it, so the baselines must ask to be the bar; a baseline is never stopped
+            prune = rung < len(steps) - 1 and trial.should_prune()
+            if prune and baseline is None:
                 raise optuna.TrialPruned(f"pruned at rung {rung + 1}")
         return loss
 
