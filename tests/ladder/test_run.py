@@ -199,6 +199,11 @@ def test_the_lr_sweep_picks_each_profiles_best_multiplier(data: Path, tmp_path: 
     for profile, losses in saved["losses"].items():
         assert set(losses) == {"0.1", "1", "3"}
         assert best[profile] == float(min(losses, key=losses.get))
+    # a rerun plans the main runs at the LR the sweep chose, so their records are not refused
+    _, runs = prepare(plan, 1)
+    for planned in runs:
+        wanted = planned.run.size.lr * best[planned.run.profile]
+        assert planned.config.optim.lr == pytest.approx(wanted)
     edges = sweep_edges(plan, {"crown": 3.0, "isotropic": 1.0})
     assert len(edges) == 1 and "crown" in edges[0] and "widen" in edges[0]
 

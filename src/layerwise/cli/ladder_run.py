@@ -135,8 +135,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def print_report(console: Console, plan: LadderPlan) -> None:
     from layerwise.ladder.report import files_of
-    from layerwise.ladder.results import read_sweep, write_ladder_report_of
-    from layerwise.ladder.run import sweep_edges
+    from layerwise.ladder.results import write_ladder_report_of
+    from layerwise.ladder.run import read_sweep, sweep_edges
 
     fit = write_ladder_report_of(plan)
     sweep = read_sweep(plan)

@@ -275,6 +275,14 @@ def checked(cell: Cell, resolved: Callable[[], PlannedRun], world_size: int) -> 
     return run
 
 
+def setting_changes(old: Config, new: Config) -> tuple[str, ...]:
+    """Every experiment key in which `new` differs from `old`, as `key: old -> new`."""
+    return tuple(
+        f"{key}: {config_value(old, key)!r} -> {config_value(new, key)!r}"
+        for key in experiment_differences(old, new)
+    )
+
+
 def changed_settings(run: PlannedRun) -> tuple[str, ...]:
     """How the run already in the cell's directory differs from the plan, as `key: old -> new`;
     empty if it does not or there is none. Checkpoints without config.yaml cannot be compared and
@@ -282,11 +290,9 @@ def changed_settings(run: PlannedRun) -> tuple[str, ...]:
     run_dir, planned = run.cell.run_dir, run.config
     saved = run_dir / CONFIG_FILE
     if saved.exists():
-        old = load_config(saved)
-        return tuple(
-            f"{key}: {config_value(old, key)!r} -> {config_value(planned, key)!r}"
-            for key in experiment_differences(old, planned)
-        ) + tuple(f"data {line}" for line in recorded_data_differences(run_dir, planned))
+        return setting_changes(load_config(saved), planned) + tuple(
+            f"data {line}" for line in recorded_data_differences(run_dir, planned)
+        )
     if (run_dir / SUMMARY_FILE).exists():
         old_hash = RunSummary.load(run_dir / SUMMARY_FILE).config_hash
         if old_hash != config_hash(planned):

@@ -36,7 +36,6 @@ from layerwise.config.schema import Config, LadderConfig, global_batch, warmup_s
 from layerwise.ladder.answer import parse_target
 from layerwise.profiles.shape import (
     ModelShape,
-    embedding_params,
     non_embedding_params,
     total_params,
 )
@@ -197,7 +196,6 @@ def parameter_counts(shape: ModelShape) -> dict[str, int]:
         "total": total_params(shape),
         "non_embedding": non_embedding,
         "non_embedding_head": non_embedding + head_params(shape),
-        "embedding": embedding_params(shape),
     }
 
 

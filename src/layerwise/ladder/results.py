@@ -7,14 +7,13 @@ trained (N per profile, tokens, steps, LR) and the learning-rate sweep when ther
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from layerwise.ladder.fit import LadderFit
-from layerwise.ladder.plan import SWEEP_DIR, TABLE_FILE, LadderPlan
-from layerwise.ladder.run import SWEEP_FILE, read_record, sweep_edges
+from layerwise.ladder.plan import TABLE_FILE, LadderPlan
+from layerwise.ladder.run import read_record, read_sweep, sweep_edges
 from layerwise.util.errors import UserError
 from layerwise.util.render import Bullets, Figures, Paragraph, Section, Table
 
@@ -109,16 +108,6 @@ def training_section(plan: LadderPlan, records: Sequence[Mapping[str, Any]]) -> 
             ),
         ),
     )
-
-
-def read_sweep(plan: LadderPlan) -> dict[str, Any] | None:
-    path = plan.out / SWEEP_DIR / SWEEP_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc!r}); rerun the ladder to redo it") from None
 
 
 def sweep_section(plan: LadderPlan, sweep: Mapping[str, Any]) -> Section:

@@ -16,14 +16,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from layerwise.compare.run import PlannedRun, changed_settings, check_profile_names, checked
-from layerwise.config.loader import (
-    config_hash,
-    config_value,
-    dump_config,
-    experiment_differences,
-    load_config,
+from layerwise.compare.run import (
+    PlannedRun,
+    changed_settings,
+    check_profile_names,
+    checked,
+    setting_changes,
 )
+from layerwise.config.loader import config_hash, dump_config, load_config
 from layerwise.config.schema import Config
 from layerwise.distributed.env import DistInfo, barrier, held_by_main, init_distributed
 from layerwise.ladder.plan import (
@@ -144,31 +144,28 @@ def record_changes(planned: Planned) -> tuple[str, ...]:
     saved = record_config(record)
     if not saved.exists():
         return (f"unknown: {record.name} has another config hash and no {saved.name}",)
-    old = load_config(saved)
-    return tuple(
-        f"{key}: {config_value(old, key)!r} -> {config_value(planned.config, key)!r}"
-        for key in experiment_differences(old, planned.config)
-    )
+    return setting_changes(load_config(saved), planned.config)
 
 
-def run_dir_changes(group: Sequence[Planned]) -> tuple[str, ...]:
-    """How the run in a cell's directory differs from the plan; a branched run is judged at the
-    budget it was trained to, which must be one of the plan's (any length would differ)."""
+def saved_steps(group: Sequence[Planned]) -> int | None:
+    """The length the run in a cell's directory was last trained to, None with no run there."""
     saved = group[0].run.cell.run_dir / CONFIG_FILE
+    return (load_config(saved).train.steps or 0) if saved.exists() else None
+
+
+def run_dir_changes(group: Sequence[Planned], steps: int | None) -> tuple[str, ...]:
+    """How the run in a cell's directory (trained to `steps`) differs from the plan; a branched
+    run is judged at the budget it was trained to, which must be one of the plan's (any other
+    length would differ)."""
     by_steps = {p.config.train.steps: p for p in group}
-    if saved.exists():
-        steps = load_config(saved).train.steps
-        return changed_settings(by_steps.get(steps, group[0]).as_compare)
-    return changed_settings(group[0].as_compare)
+    return changed_settings(by_steps.get(steps, group[0]).as_compare)
 
 
-def unreachable_budgets(group: Sequence[Planned]) -> list[str]:
+def unreachable_budgets(group: Sequence[Planned], steps: int | None) -> list[str]:
     """Budgets without a record below the length a branched run was already trained to: their
     decay start is behind the run, and its checkpoint there was not kept."""
-    saved = group[0].run.cell.run_dir / CONFIG_FILE
-    if len(group) < 2 or not saved.exists():
+    if len(group) < 2 or steps is None:
         return []
-    steps = load_config(saved).train.steps or 0
     return [
         p.run.label
         for p in group
@@ -194,8 +191,9 @@ def check_changes(plan: LadderPlan, runs: Sequence[Planned]) -> None:
         for p in runs
         if (changes := record_changes(p))
     ]
-    for group in by_run_dir(runs):
-        changes = run_dir_changes(group)
+    groups = [(group, saved_steps(group)) for group in by_run_dir(runs)]
+    for group, steps in groups:
+        changes = run_dir_changes(group, steps)
         if changes:
             found.append(
                 f"  {group[0].run.cell.label} ({group[0].run.cell.run_dir}): {'; '.join(changes)}"
@@ -210,8 +208,8 @@ def check_changes(plan: LadderPlan, runs: Sequence[Planned]) -> None:
             + "\nA ladder holds the runs of one experiment, so nothing was trained. Use a new "
             "--out for the new settings, or delete those directories to train them again."
         )
-    for group in by_run_dir(runs):
-        late = unreachable_budgets(group)
+    for group, steps in groups:
+        late = unreachable_budgets(group, steps)
         if late:
             raise UserError(
                 f"{group[0].run.cell.run_dir} was trained past {', '.join(late)}: a branched run "
@@ -225,7 +223,10 @@ def prepare(plan: LadderPlan, world_size: int) -> tuple[list[RungSize], list[Pla
     ladder = plan.settings
     check_profile_names(ladder.profiles)
     sizes = [rung_size(plan, rung) for rung in plan.rungs]
-    runs = [resolve(plan, run, world_size) for run in ladder_runs(plan, sizes, {})]
+    # a finished sweep's choices: the runs trained with them are judged at their own LR
+    sweep = read_sweep(plan) if ladder.lr_sweep is not None else None
+    multipliers = sweep["best"] if sweep else {}
+    runs = [resolve(plan, run, world_size) for run in ladder_runs(plan, sizes, multipliers)]
     check_changes(plan, runs)
     return sizes, runs
 
@@ -327,6 +328,17 @@ def sweep_lr(plan: LadderPlan, size: RungSize, dist: DistInfo, on_run: OnRun) ->
         )
     barrier()
     return best
+
+
+def read_sweep(plan: LadderPlan) -> dict[str, Any] | None:
+    """OUT/lr-sweep/sweep.json, None before the sweep finished."""
+    path = plan.out / SWEEP_DIR / SWEEP_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({exc!r}); rerun the ladder to redo it") from None
 
 
 def sweep_edges(plan: LadderPlan, best: dict[str, float]) -> list[str]:
