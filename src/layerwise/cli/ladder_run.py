@@ -89,7 +89,7 @@ def announce(console: Console) -> Callable[[int, int, LadderRun, str], None]:
 
 def run(args: argparse.Namespace) -> int:
     from layerwise.distributed.env import shutdown
-    from layerwise.ladder.estimate import render_estimate, rung_costs
+    from layerwise.ladder.estimate import render_costs, rung_costs
     from layerwise.ladder.plan import make_ladder_plan
     from layerwise.ladder.run import join_distributed, prepare, run_ladder
     from layerwise.training.trainer import RunInterrupted
@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
     main_process = join_distributed(plan).is_main
     if main_process:
         sizes, runs = prepare(plan, 1)
-        text = render_estimate(plan, rung_costs(plan, sizes, runs), 1.0, 1.0, 1)
-        console.print(escape(text.rsplit("\n", 1)[0]), highlight=False)  # not a time on no GPU
+        console.print(escape(render_costs(plan, rung_costs(plan, sizes, runs))), highlight=False)
     try:
         run_ladder(plan, announce(console) if main_process else lambda *_: None)
     except RunInterrupted as exc:

@@ -84,16 +84,13 @@ def cost_table(plan: LadderPlan, costs: Sequence[RungCost]) -> Table:
     return Table(header, rows)
 
 
-def render_estimate(
-    plan: LadderPlan, costs: Sequence[RungCost], mfu: float, peak_tflops: float, gpus: int
-) -> str:
-    """The cost table and the ladder's total time at `mfu` of `peak_tflops` on `gpus`."""
+def render_costs(plan: LadderPlan, costs: Sequence[RungCost]) -> str:
+    """What the ladder trains, in a line, and the cost table: what `layerwise ladder` prints
+    before its first run."""
     from layerwise.util.render import markdown_table
 
     ladder = plan.settings
-    total = sum(cost.flops for cost in costs)
     runs = len(costs) * len(ladder.profiles) * len(ladder.seeds)
-    seconds = total / (mfu * peak_tflops * 1e12 * gpus)
     how = (
         "one WSD run per size, profile and seed, with a cooldown branch at each smaller budget"
         if ladder.schedule == "branched"
@@ -105,7 +102,17 @@ def render_estimate(
             f"{len(plan.budgets)} budgets x {len(ladder.seeds)} seed(s); {how} ({runs} runs, "
             f"{runs * len(plan.budgets)} results)",
             markdown_table(cost_table(plan, costs)),
-            f"total: {total:.3g} FLOPs; at {mfu:.0%} MFU of {peak_tflops:g} TFLOPs on {gpus} "
-            f"GPU(s): {duration(seconds)}",
         ]
+    )
+
+
+def render_estimate(
+    plan: LadderPlan, costs: Sequence[RungCost], mfu: float, peak_tflops: float, gpus: int
+) -> str:
+    """The cost table and the ladder's total time at `mfu` of `peak_tflops` on `gpus`."""
+    total = sum(cost.flops for cost in costs)
+    seconds = total / (mfu * peak_tflops * 1e12 * gpus)
+    return (
+        f"{render_costs(plan, costs)}\ntotal: {total:.3g} FLOPs; at {mfu:.0%} MFU of "
+        f"{peak_tflops:g} TFLOPs on {gpus} GPU(s): {duration(seconds)}"
     )
