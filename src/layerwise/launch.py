@@ -18,7 +18,9 @@ from layerwise.evaluation.callback import DownstreamEval
 from layerwise.hf.callback import export_at_end
 from layerwise.runs.files import RunSummary
 from layerwise.training import trainer
+from layerwise.training.build import build_model
 from layerwise.training.callbacks.base import Callback
+from layerwise.training.trainer import ModelBuilder
 from layerwise.util.errors import UserError
 from layerwise.util.files import check_output
 from layerwise.util.imports import import_object
@@ -61,13 +63,16 @@ def _user_callback(index: int, entry: str | dict[str, Any]) -> Callback:
         raise UserError(f"{where}: {path}({', '.join(args)}) cannot be built: {exc}") from None
 
 
-def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
+def train(
+    config: Config, callbacks: Sequence[Callback] = (), build: ModelBuilder = build_model
+) -> RunSummary:
     """Train (or, with run.resume=auto, continue) one run and return its summary.
 
-    `callbacks` join the built-in ones and those the config asks for, ordered by priority.
+    `callbacks` join the built-in ones and those the config asks for, ordered by priority;
+    `build` makes the model from the run's shape (see layerwise.training.trainer.ModelBuilder).
     Raises UserError for bad settings or data, NonFiniteLoss if training diverges (the last
     good checkpoint stays) and RunInterrupted after a signal-triggered checkpoint; a run.dir
     that cannot be written is a UserError before anything is built.
     """
     check_output(config.run.dir, "run.dir", "directory")
-    return trainer.train(config, [*configured_callbacks(config), *callbacks])
+    return trainer.train(config, [*configured_callbacks(config), *callbacks], build)

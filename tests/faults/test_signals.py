@@ -47,7 +47,9 @@ class SignalWhen(Callback):
 def with_callback(patch: pytest.MonkeyPatch, callback: Callback) -> None:
     real = trainer.train
     patch.setattr(
-        trainer, "train", lambda config, callbacks=(): real(config, [*callbacks, callback])
+        trainer,
+        "train",
+        lambda config, callbacks=(), *rest: real(config, [*callbacks, callback], *rest),
     )
 
 

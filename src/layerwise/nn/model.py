@@ -67,8 +67,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
+    def forward(self, x: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """`alive` (0/1 per channel) takes the mean square over the live channels only, so a
+        gated projection normalises exactly as the narrower one without the dead channels."""
+        if alive is None:
+            return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
+        xf = x.float()
+        mean_square = (xf.square() * alive).sum(-1, keepdim=True) / alive.sum().clamp(min=1)
+        return (xf * torch.rsqrt(mean_square + self.eps) * self.weight).to(x.dtype)
 
 
 KVExtend = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -118,6 +124,11 @@ def _sdpa(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
 
 
+def per_channel(gates: torch.Tensor, width: int) -> torch.Tensor:
+    """Each unit's factor repeated over its channels: [units] -> [width]."""
+    return gates.repeat_interleave(width // gates.numel())
+
+
 class Attention(nn.Module):
     backend: AttentionBackend = "auto"
     """Set from outside (`parallelize.set_attention_backend`): how the run executes, not what
@@ -133,6 +144,9 @@ class Attention(nn.Module):
         self.w_o = nn.Linear(q_dim, d_model, bias=False)
         self.q_norm = RMSNorm(q_dim, eps=eps)
         self.k_norm = RMSNorm(kv_dim, eps=eps)
+        self.gate: nn.Module | None = None
+        """Learned shapes (layerwise.learn) set gates over the width here: called, a gate gives
+        one factor in [0, 1] per GQA group (its query heads and their key/value head)."""
 
     def forward(
         self,
@@ -144,12 +158,16 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """`extend_kv` and `mask` are for decoding with a cache; training uses neither."""
         batch, seq, _ = x.shape
-        q = self.q_norm(self.w_q(x)).view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = (
-            self.k_norm(self.w_k(x))
-            .view(batch, seq, self.n_kv_heads, self.head_dim)
-            .transpose(1, 2)
-        )
+        gates = None if self.gate is None else self.gate()
+        q, k = self.w_q(x), self.w_k(x)
+        if gates is None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        else:  # QK-norm spans all heads: a pruned group must not count in its statistics
+            alive = (gates > 0).to(torch.float32)
+            q = self.q_norm(q, per_channel(alive, q.shape[-1]))
+            k = self.k_norm(k, per_channel(alive, k.shape[-1]))
+        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.w_v(x).view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if v.dtype != q.dtype:
@@ -157,7 +175,10 @@ class Attention(nn.Module):
         if extend_kv is not None:
             k, v = extend_kv(k, v)
         out = causal_attention(q, k, v, backend=self.backend, mask=mask)
-        return self.w_o(out.transpose(1, 2).reshape(batch, seq, -1))
+        out = out.transpose(1, 2).reshape(batch, seq, -1)
+        if gates is not None:
+            out = out * per_channel(gates, out.shape[-1]).to(out.dtype)
+        return self.w_o(out)
 
 
 class SwiGLU(nn.Module):
@@ -166,9 +187,14 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(d_model, d_ffn, bias=False)
         self.w3 = nn.Linear(d_model, d_ffn, bias=False)
         self.w2 = nn.Linear(d_ffn, d_model, bias=False)
+        self.gate: nn.Module | None = None
+        """As in `Attention`: one factor per `ffn_divisor` channels of the hidden width."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        hidden = F.silu(self.w1(x)) * self.w3(x)
+        if self.gate is not None:
+            hidden = hidden * per_channel(self.gate(), hidden.shape[-1]).to(hidden.dtype)
+        return self.w2(hidden)
 
 
 class Block(nn.Module):

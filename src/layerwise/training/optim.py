@@ -21,14 +21,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     and wrappers (DDP, FSDP, torch.compile). Embeddings, norms and biases are excluded: decaying
     them pulls rarely seen token vectors and norm gains towards zero for no benefit. A weight
     shared by an embedding and a linear layer (tied LM head) counts as an embedding.
+
+    A module may ask for a group of its own with an `optimizer_group` dict (a `name`, and AdamW
+    settings such as `lr` and `weight_decay`; `fixed_lr: True` keeps its `lr` off the schedule,
+    see `set_lr`): the gates and multipliers of learned shapes do.
     """
     decay: dict[int, nn.Parameter] = {}
     no_decay: dict[int, nn.Parameter] = {}
+    own: dict[str, dict] = {}
     for module in model.modules():
+        settings = getattr(module, "optimizer_group", None)
         for param in module.parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            if isinstance(module, nn.Linear) and param is module.weight:
+            if settings is not None:
+                group = own.setdefault(settings["name"], {**settings, "params": []})
+                group["params"].append(param)
+            elif isinstance(module, nn.Linear) and param is module.weight:
                 decay.setdefault(id(param), param)
             else:
                 no_decay.setdefault(id(param), param)
@@ -37,6 +46,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [
         {"params": list(decay.values()), "weight_decay": weight_decay},
         {"params": list(no_decay.values()), "weight_decay": 0.0},
+        *own.values(),
     ]
 
 
@@ -92,5 +102,7 @@ def branch_steps(total_steps: int, config: OptimConfig) -> frozenset[int]:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's `lr` for every group but those that keep their own (`fixed_lr`)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if not group.get("fixed_lr", False):
+            group["lr"] = lr

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -50,6 +50,7 @@ from layerwise.distributed.env import (
     init_distributed,
 )
 from layerwise.distributed.parallelize import parallelize
+from layerwise.nn.model import Transformer
 from layerwise.nn.precision import compute_dtype
 from layerwise.profiles.budget import BudgetResult
 from layerwise.profiles.shape import ModelShape, flops_per_token, non_embedding_params, total_params
@@ -154,7 +155,14 @@ class Run:
     resumed: bool
 
 
-def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
+ModelBuilder = Callable[[ModelShape, Config, torch.device], Transformer]
+"""Builds the model a run trains from its shape: `build_model` unless a capability trains
+another module with the same interface (learned shapes' gated supernet)."""
+
+
+def setup_run(
+    config: Config, dist: DistInfo, checkpoint: Path | None, build: ModelBuilder = build_model
+) -> Run:
     """Resolve the shape, build model, optimizer and data, and restore `checkpoint` if given."""
     assert config.model.vocab_size is not None, "call with_data_vocab first"
     plan = batch_plan(config, dist.world_size)
@@ -170,7 +178,7 @@ def setup_run(config: Config, dist: DistInfo, checkpoint: Path | None) -> Run:
         for note in notes:
             print(f"layerwise: {note}", file=sys.stderr)
     dtype = compute_dtype(config.run.precision, dist.device)
-    built = build_model(shape, config, dist.device)
+    built = build(shape, config, dist.device)
     if checkpoint is None and config.init.from_ is not None:
         init_from(built, shape, config.init.from_)
     model = parallelize(
@@ -456,10 +464,12 @@ def builtin_callbacks(run: Run) -> list[Callback]:
     return callbacks
 
 
-def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
+def train(
+    config: Config, callbacks: Sequence[Callback] = (), build: ModelBuilder = build_model
+) -> RunSummary:
     """Train (or, with run.resume=auto, continue) one run and return its summary.
 
-    `callbacks` join the built-in ones, ordered by priority. This is the core loop alone:
+    `callbacks` join the built-in ones, ordered by priority; `build` makes the model. This is the core loop alone:
     `layerwise.train` (layerwise.launch) adds the callbacks the config asks for, such as
     in-loop downstream evaluation. Raises UserError for bad settings or data, NonFiniteLoss if
     training diverges (the last good checkpoint stays) and RunInterrupted after a
@@ -469,11 +479,15 @@ def train(config: Config, callbacks: Sequence[Callback] = ()) -> RunSummary:
     config = with_data_vocab(config)
     run_dir = Path(config.run.dir)
     with held_by_main(DirectoryLock(run_dir, "run directory")):
-        return train_locked(config, dist, run_dir, callbacks)
+        return train_locked(config, dist, run_dir, callbacks, build)
 
 
 def train_locked(
-    config: Config, dist: DistInfo, run_dir: Path, callbacks: Sequence[Callback]
+    config: Config,
+    dist: DistInfo,
+    run_dir: Path,
+    callbacks: Sequence[Callback],
+    build: ModelBuilder = build_model,
 ) -> RunSummary:
     """`train` once this process holds the run directory."""
     point = decide_on_main(lambda: prepare_run_dir(run_dir, config))
@@ -483,7 +497,7 @@ def train_locked(
     finished = finished_summary(run_dir, point, total_steps(config))
     if finished is not None:
         return finished
-    run = setup_run(config, dist, point.checkpoint)
+    run = setup_run(config, dist, point.checkpoint, build)
     if dist.is_main:
         record_run_files(run)
     trainer = Trainer(run, [*builtin_callbacks(run), *callbacks])
