@@ -25,6 +25,9 @@ from layerwise.distributed.env import init_distributed
 from layerwise.ladder.plan import OLMO_LR, make_ladder_plan
 from layerwise.ladder.results import write_ladder_report_of
 from layerwise.ladder.run import prepare, run_ladder, sweep_edges, sweep_lr, train_runs
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.profiles.shapefile import write_shape_file
+from layerwise.training.shape import config_shape
 from layerwise.launch import train
 from layerwise.util.errors import UserError
 
@@ -155,6 +158,25 @@ def test_an_unknown_profile_is_refused_with_a_hint(data: Path, tmp_path: Path) -
     plan = make_ladder_plan(SMOKE, tmp_path, [f"data.dir={data}"], profiles=["isotropic", "crwn"])
     with pytest.raises(UserError, match="did you mean 'crown'"):
         prepare(plan, 1)
+
+
+def test_a_shape_file_is_a_profile_named_by_its_shape_at_every_rung(
+    data: Path, tmp_path: Path
+) -> None:
+    shape = ModelShape(
+        d_model=32, head_dim=8, vocab_size=64, layers=(LayerSpec(32, 2, 1), LayerSpec(96, 4, 2))
+    )
+    path = str(write_shape_file(tmp_path / "mine.yaml", "learned", shape, {}, {}))
+    plan = make_ladder_plan(
+        SMOKE, tmp_path / "out", [f"data.dir={data}"], profiles=["isotropic", path]
+    )
+    sizes, runs = prepare(plan, 1)
+    learned = [p for p in runs if p.run.profile == "learned"]
+    assert learned and all(p.run.cell.run_dir.parts[-2] == "learned" for p in learned)
+    for planned in learned:  # two anchors stretched over each rung's depth, matched to isotropic
+        assert planned.config.model.ffn == [1.0, 3.0] and planned.config.model.match == "isotropic"
+        widths = [layer.d_ffn for layer in config_shape(planned.config, 64)[0].layers]
+        assert widths == sorted(widths) and widths[0] < widths[-1]
 
 
 def test_separate_budgets_are_runs_of_their_own_with_the_configs_schedule(

@@ -17,13 +17,15 @@ import pytest
 
 from helpers import markov_tokens, write_token_dir
 from layerwise.cli import main as cli_main
+from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.profiles.shapefile import write_shape_file
 from layerwise.runs.files import read_records
 from layerwise.search import objective
 from layerwise.search.fidelity import check_fidelity
 from layerwise.search.objective import TrialInterrupted
 from layerwise.search.plan import BASELINES, SearchPlan
 from layerwise.search.run import SearchResult, run_search
-from layerwise.search.space import SearchSpace, baseline_params
+from layerwise.search.space import SearchSpace, baseline_params, shape_of
 from layerwise.search.study import open_study
 from layerwise.training.callbacks.base import Callback, StepRecord, TrainerView
 from layerwise.training.trainer import RunInterrupted
@@ -338,3 +340,24 @@ def test_a_continued_search_does_not_propose_the_shapes_it_already_drew(
     again = run_search(plan, tmp_path / "again", 6, sampler="random",
                        seed=0, say=print).study.trials  # fmt: skip
     assert [t.params for t in again] == [t.params for t in first], "a new study is reproducible"
+
+
+def test_a_shape_file_starts_the_search_once_after_the_baselines(
+    tmp_path: Path, markov_data: Path
+) -> None:
+    config = write_config(tmp_path, markov_data)
+    shape = ModelShape(
+        d_model=32,
+        head_dim=8,
+        vocab_size=64,
+        layers=tuple(LayerSpec(16 * (k + 1), 2, 1) for k in range(4)),
+    )
+    shape_file = str(write_shape_file(tmp_path / "learned.yaml", "learned", shape, {}, {}))
+    plan = SearchPlan(str(config), space=SearchSpace(frame="off"))
+    study = open_study(plan, tmp_path / "out", None, "random", 0, "none", [shape_file])
+    open_study(plan, tmp_path / "out", None, "random", 0, "none", [shape_file])  # continued
+    queued = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.user_attrs["source"] for t in queued][5:] == ["shape file learned"]
+    point = shape_of(queued[5].system_attrs["fixed_params"], plan.space, 4)
+    assert point.ffn == pytest.approx([0.5, 1.0, 1.5, 2.0])  # d_ffn / d_model, read back
+    assert point.qkv == pytest.approx([0.5] * 4) and not point.frame

@@ -21,6 +21,7 @@ from layerwise.profiles.shape import (
     non_embedding_params,
     total_params,
 )
+from layerwise.profiles.shapefile import holds_shape
 from layerwise.util.errors import UserError
 from layerwise.util.files import check_output
 from layerwise.util.units import parse_count
@@ -38,8 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument(
         "profile",
         nargs="?",
-        help=f"preset ({', '.join(PRESETS)}), shape name, or a config file (.yaml): the shape "
-        "that config trains",
+        help=f"preset ({', '.join(PRESETS)}), shape name, shape file (learn-shape's "
+        "learned-shape.yaml, on its own base) or a config file (.yaml): the shape that config "
+        "trains",
     )
     _add_recipe_flags(show)
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -141,7 +143,7 @@ def resolve_from_args(
     name: str | None, args: argparse.Namespace
 ) -> tuple[ModelShape, BudgetResult | None, int]:
     """The shape, its budget result and the sequence length its FLOPs are counted at."""
-    if name is not None and name.endswith(CONFIG_SUFFIXES):
+    if name is not None and name.endswith(CONFIG_SUFFIXES) and not holds_shape(name):
         return config_file_shape(Path(name), args)
     seq_len = args.seq_len or DEFAULT_SEQ_LEN
     target = parse_count(args.target_params) if args.target_params else None

@@ -90,6 +90,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the full budget through `layerwise compare`",
     )
     parser.add_argument("--confirm-seeds", default="0,1,2", help="seeds of --confirm (0,1,2)")
+    parser.add_argument(
+        "--start-from",
+        metavar="FILE[,FILE]",
+        help="shape files (e.g. learn-shape's learned-shape.yaml) to train as the first sampled "
+        "trials, read at the anchors: the sampler starts from them",
+    )
     parser.set_defaults(func=run)
 
 
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             args.seed,
             args.pruner,
             say=lambda text: console.print(escape(text)),
+            start_from=args.start_from.split(",") if args.start_from else (),
         )
     except RunInterrupted as exc:
         console.print(f"layerwise: {exc}; rerun the same command to continue the search")

@@ -49,6 +49,12 @@ from layerwise.distributed.env import DistInfo, barrier, held_by_main, init_dist
 from layerwise.launch import train
 from layerwise.profiles.recipes import PRESETS, SHAPES
 from layerwise.profiles.shape import total_params
+from layerwise.profiles.shapefile import (
+    is_shape_file,
+    profile_label,
+    profile_overrides,
+    read_shape_file,
+)
 from layerwise.runs.files import CONFIG_FILE, SUMMARY_FILE, RunSummary
 from layerwise.runs.lock import DirectoryLock
 from layerwise.training.build import with_data_vocab
@@ -200,15 +206,17 @@ def check_variants(plan: ComparisonPlan) -> None:
 
 
 def check_profile_names(profiles: Sequence[str], custom: Sequence[str] = ()) -> None:
-    """Every name is a shape, a preset or one of the `custom` shapes."""
+    """Every name is a shape, a preset, one of the `custom` shapes or a readable shape file."""
     known = [*SHAPES, *PRESETS, *custom]
     for name in profiles:
-        if name not in known:
+        if is_shape_file(name):
+            read_shape_file(name)
+        elif name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(
                 f"--profiles: unknown profile {name!r}{hint}; choose a shape "
-                f"({', '.join(SHAPES)}) or a preset ({', '.join(PRESETS)})"
+                f"({', '.join(SHAPES)}), a preset ({', '.join(PRESETS)}) or a shape file (.yaml)"
             )
 
 
@@ -446,9 +454,16 @@ def make_plan(
     shapes: Mapping[str, Sequence[str]] | None = None,
 ) -> ComparisonPlan:
     """The plan of a comparison; `variants` None takes the config's `compare.variants` block;
-    `shapes` names custom profiles by their model overrides (see ComparisonPlan.shapes)."""
+    `shapes` names custom profiles by their model overrides (see ComparisonPlan.shapes). A
+    shape file among `profiles` becomes such a custom profile, named as the file names it."""
     if not Path(config).is_file():
         raise UserError(f"config {config} not found")
+    check_profile_names([name for name in profiles if is_shape_file(name)])
+    shapes = {
+        **(shapes or {}),
+        **{profile_label(n): profile_overrides(n) for n in profiles if is_shape_file(n)},
+    }
+    profiles = [profile_label(name) for name in profiles]
     if variants is None:
         variants = collect_variants((), load_config(config, overrides).compare.variants)
     return ComparisonPlan(
@@ -461,7 +476,7 @@ def make_plan(
         overrides=tuple(overrides),
         variants={name: tuple(values) for name, values in variants.items()},
         match_variant=match_variant,
-        shapes={name: tuple(values) for name, values in (shapes or {}).items()},
+        shapes={name: tuple(values) for name, values in shapes.items()},
     )
 
 

@@ -39,6 +39,7 @@ from layerwise.profiles.shape import (
     non_embedding_params,
     total_params,
 )
+from layerwise.profiles.shapefile import profile_label, profile_overrides
 from layerwise.training.build import with_data_vocab
 from layerwise.training.optim import wsd_decay_start
 from layerwise.training.shape import config_shape
@@ -314,7 +315,8 @@ def ladder_run(
     reference there, the rung's schedule and LR, and its own directory."""
     ladder = plan.settings
     tokens_per_param = plan.budgets[budget]
-    run_dir = cell_dir(plan, size.rung, profile, seed)
+    label = profile_label(profile)  # a shape file's runs are named as the file names its shape
+    run_dir = cell_dir(plan, size.rung, label, seed)
     record = run_dir / RECORDS_DIR / f"{budget_name(tokens_per_param)}.json"
     schedule: tuple[str, ...] = ()
     if ladder.schedule == "branched":
@@ -330,7 +332,7 @@ def ladder_run(
     overrides = (
         *plan.overrides,
         *size.rung.overrides,
-        f"model.profile={profile}",
+        *profile_overrides(profile),
         f"model.match={match}",
         "model.target_params=null",
         "model.match_by=params",
@@ -342,8 +344,8 @@ def ladder_run(
         f"run.dir={run_dir}",
         "run.resume=auto",
     )
-    cell = Cell({"variant": size.rung.name, "profile": profile, "seed": seed}, run_dir, overrides)
-    return LadderRun(size, profile, seed, budget, tokens_per_param, cell, lr, record)
+    cell = Cell({"variant": size.rung.name, "profile": label, "seed": seed}, run_dir, overrides)
+    return LadderRun(size, label, seed, budget, tokens_per_param, cell, lr, record)
 
 
 def ladder_runs(
@@ -352,7 +354,9 @@ def ladder_runs(
     """Every run in training order: seed-major (a partial ladder has whole seeds), then rung,
     profile and budget, smallest first, as a branched run reaches them."""
     return [
-        ladder_run(plan, size, profile, seed, budget, lr_multipliers.get(profile, 1.0))
+        ladder_run(
+            plan, size, profile, seed, budget, lr_multipliers.get(profile_label(profile), 1.0)
+        )
         for seed in plan.settings.seeds
         for size in sizes
         for profile in plan.settings.profiles

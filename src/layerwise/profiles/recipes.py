@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from layerwise.profiles.shape import LayerSpec, ModelShape
+from layerwise.profiles.shapefile import is_shape_file, read_shape_file
 from layerwise.util.errors import UserError
 
 
@@ -210,14 +211,19 @@ def shape_from_spec(spec: ProfileSpec) -> ModelShape:
 
 
 def lookup_spec(name: str, base: ProfileSpec | None = None) -> ProfileSpec:
-    """A preset (`paper-18l-crown`) as it is, or a shape name (`crown`) on the given base."""
+    """A preset (`paper-18l-crown`) as it is, or a shape name (`crown`) or shape file
+    (`learned-shape.yaml`, layerwise.profiles.shapefile) on the given base."""
     if name in PRESETS:
         return PRESETS[name]
+    template = base or PRESETS["paper-18l-isotropic"]
+    if is_shape_file(name):
+        shape = read_shape_file(name)
+        own = template if base is not None else replace(template, **shape.base)
+        return replace(own, ffn=shape.ffn, qkv=shape.qkv, frame=False)
     if name in SHAPES:
         recipe = SHAPES[name]
-        template = base or PRESETS["paper-18l-isotropic"]
         return replace(template, ffn=recipe.ffn, qkv=recipe.qkv, frame=recipe.frame)
     raise UserError(
-        f"unknown profile {name!r}; choose a preset ({', '.join(PRESETS)}) "
-        f"or a shape ({', '.join(SHAPES)})"
+        f"unknown profile {name!r}; choose a preset ({', '.join(PRESETS)}), "
+        f"a shape ({', '.join(SHAPES)}) or a shape file (.yaml)"
     )

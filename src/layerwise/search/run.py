@@ -45,16 +45,18 @@ def run_search(
     pruner: str = "sha",
     callbacks: Sequence[Callback] = (),
     say: Callable[[str], None] = print,
+    start_from: Sequence[str] = (),
 ) -> SearchResult:
     """Run trials until the study holds `trials` finished (complete or pruned) ones, counting
     those of earlier runs and of other workers, then write DIR/trials.csv and DIR/report.md.
     `sampler` (tpe, cmaes, nsga2, gp, random) is kept by the study: None continues with the
-    study's own, tpe for a new one; another is refused."""
+    study's own, tpe for a new one; another is refused. `start_from` (shape files, such as
+    `layerwise learn-shape` writes) are trained as the first sampled trials."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     check_plan(plan, out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are announced by `say`
-    study = open_study(plan, out, storage, sampler, seed, pruner)
+    study = open_study(plan, out, storage, sampler, seed, pruner, start_from)
     runner = TrialRunner(plan, out, callbacks, say)
     started = time.perf_counter()
     if done_count(study) < trials:

@@ -12,6 +12,7 @@ Nothing here imports optuna: a trial is anything with `suggest_float` / `suggest
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from layerwise.profiles.recipes import SHAPES, interpolate
 from layerwise.profiles.shape import ModelShape
+from layerwise.profiles.shapefile import recipe_overrides
 from layerwise.search.interp import Interpolation, knot_positions, per_layer
 from layerwise.util.errors import UserError
 
@@ -70,12 +72,7 @@ class Shape:
 
     def overrides(self) -> tuple[str, ...]:
         """Config overrides that make a run train this shape (rescaled by the run's budget)."""
-        return (
-            "model.profile=isotropic",
-            f"model.ffn={json.dumps([round(v, 5) for v in self.ffn])}",
-            f"model.qkv={json.dumps([round(v, 5) for v in self.qkv])}",
-            f"model.frame={'true' if self.frame else 'false'}",
-        )
+        return recipe_overrides(self.ffn, self.qkv, self.frame)
 
 
 def ffn_name(k: int) -> str:
@@ -115,18 +112,26 @@ def baseline_params(name: str, space: SearchSpace, n_layers: int) -> dict[str, f
     anchor positions (exact for the linear profiles; the baseline trial itself trains the
     recipe as the study defines it), clipped to the ranges, frame as the recipe has it."""
     recipe = SHAPES[name]
+    return anchor_params(recipe.ffn, recipe.qkv, recipe.frame, space, n_layers)
+
+
+def anchor_params(
+    ffn: Sequence[float], qkv: Sequence[float], frame: bool, space: SearchSpace, n_layers: int
+) -> dict[str, float | bool]:
+    """Any recipe (a preset's anchors, a shape file's per-layer multipliers) as a point of the
+    space: its multipliers read at the anchor positions and clipped to the ranges."""
     positions = knot_positions(space.anchors, n_layers)
     layers = np.arange(n_layers, dtype=float)
     params: dict[str, float | bool] = {}
     for prefix, anchors, (low, high) in (
-        ("ffn", recipe.ffn, space.ffn_range),
-        ("qkv", recipe.qkv, space.qkv_range),
+        ("ffn", ffn, space.ffn_range),
+        ("qkv", qkv, space.qkv_range),
     ):
         values = np.interp(positions, layers, interpolate(anchors, n_layers))
         for k, value in enumerate(values):
             params[f"{prefix}_{k}"] = float(np.clip(value, low, high))
     if len(space.frames) > 1:
-        params["frame"] = recipe.frame
+        params["frame"] = frame
     return params
 
 

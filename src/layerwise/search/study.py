@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,10 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
+from layerwise.profiles.shapefile import read_shape_file
 from layerwise.runs.lock import abandoned
 from layerwise.search.plan import BASELINES, SearchPlan
-from layerwise.search.space import SearchSpace, baseline_params
+from layerwise.search.space import SearchSpace, anchor_params, baseline_params
 from layerwise.util.errors import UserError
 
 STUDY_NAME = "layerwise-search"
@@ -209,9 +210,11 @@ def open_study(
     sampler: str | None,
     seed: int | None,
     pruner: str,
+    start_from: Sequence[str] = (),
 ) -> optuna.Study:
     """Create or continue the study in the storage, its plan and sampler checked, its first
-    trials queued. `sampler` None continues with the study's own (tpe for a new study)."""
+    trials queued: the baselines, then the shape files in `start_from`. `sampler` None
+    continues with the study's own (tpe for a new study)."""
     if sampler is not None:
         check_sampler(sampler, pruner, plan)  # before a new study's files are written
     out.mkdir(parents=True, exist_ok=True)
@@ -230,6 +233,7 @@ def open_study(
         study.sampler = make_sampler(name, start_seed(study, seed), plan.space)
         if not study.trials:
             enqueue_baselines(study, plan)
+        enqueue_shape_files(study, plan, start_from)
         fail_abandoned(study, out)
         requeue_interrupted(study)
     note = independent_note(name, plan.space)
@@ -313,6 +317,24 @@ def enqueue_baselines(study: optuna.Study, plan: SearchPlan) -> None:
         study.enqueue_trial(
             baseline_params(name, plan.space, n_layers),
             user_attrs={"source": name, "baseline": name},
+            skip_if_exists=False,
+        )
+
+
+def enqueue_shape_files(study: optuna.Study, plan: SearchPlan, paths: Sequence[str]) -> None:
+    """Shape files (a learned shape) as the first sampled trials: the sampler starts from
+    them, and each is judged at the search's own fidelity. A file already queued is not
+    queued again when the study continues."""
+    n_layers = plan.base().model.n_layers
+    queued = {t.user_attrs.get("source") for t in study.get_trials(deepcopy=False)}
+    for path in paths:
+        shape = read_shape_file(path)
+        source = f"shape file {shape.name}"
+        if source in queued:
+            continue
+        study.enqueue_trial(
+            anchor_params(shape.ffn, shape.qkv, False, plan.space, n_layers),
+            user_attrs={"source": source},
             skip_if_exists=False,
         )
 
