@@ -17,6 +17,8 @@
 #           micro-batch 48): tokens/s, MFU, peak memory, ours/plain, profile/isotropic
 #   ladder  the GPU ladder preset's smallest size (configs/ladder-gpu.yaml, d192x6), isotropic
 #           and crown matched to it, a short run each at the rung's LR: they train (loss falls)
+#   learn   `layerwise learn-shape` on the tiny preset under bf16 + compile: the gated supernet
+#           trains, its expected size lands within 2% of the target when the gates are fixed
 #   levers  each speed lever alone against our default step on isotropic (ours only):
 #           compile_loss, attention flash/cudnn, compile_mode=model, fp8 if torchao imports
 # The correctness steps run first; the benchmark then gets what is left of the time budget
@@ -68,6 +70,7 @@ if [[ "$device" == cuda ]]; then
         train.steps=120 checkpoint.interval=40 train.val_interval=60 data.val_windows=64)
     ckpt_step=40 kill_after=45 eval_limit=50 analyze_windows=16
     ladder_args=(train.steps=60 train.val_interval=30 optim.warmup_steps=5 optim.warmup_fraction=null)
+    learn_args=(train.steps=120 train.val_interval=60 learn.gate_lr=0.2 run.compile=true)
 else
     deadline=330
     bench_cap="${BENCH_BUDGET_S:-70}"
@@ -81,6 +84,8 @@ else
     ckpt_step=6 kill_after=8 eval_limit=4 analyze_windows=4
     ladder_args=(train.steps=4 train.val_interval=2 data.seq_len=32 batch.global_batch=4
         batch.micro_batch=4 data.val_windows=4 run.compile=false)
+    learn_args=(train.steps=80 train.val_interval=40 model.n_layers=2 data.seq_len=32
+        batch.global_batch=8 batch.micro_batch=8 data.val_windows=8 learn.gate_lr=0.2)
 fi
 
 left() { echo $((deadline - (SECONDS - start))); }
@@ -155,6 +160,15 @@ if [[ -f "$work/data/meta.json" ]]; then
     done
 else
     skip ladder_isotropic "no token data"
+fi
+
+# --- a shape learned under bf16 (+ compile on the GPU): the gated supernet trains ----------
+if [[ -f "$work/data/meta.json" ]]; then
+    step learn 150 "${lw[@]}" learn-shape configs/tiny-isotropic.yaml --out "$work/learn" \
+        "data.dir=$work/data" "run.device=$device" run.precision=bf16 run.progress=false \
+        model.vocab_size=null "${learn_args[@]}"
+else
+    skip learn "no token data"
 fi
 
 # --- the levers, each alone, and the benchmark in what is left -----------------------------

@@ -128,6 +128,18 @@ def ladder_checks(out: Path, status: dict[str, str]) -> list[Check]:
     return found
 
 
+def learn_checks(out: Path, status: dict[str, str]) -> list[Check]:
+    """learn-shape under bf16 (+ compile): exit 0, the size within 2% of the target at fixing."""
+    records = read_jsonl(out / "work" / "learn" / "supernet" / "metrics.jsonl")
+    fixed = [r for r in records if r.get("type") == "gates" and r.get("fixed")]
+    if status.get("learn") != "0" or not fixed:
+        return [Check.judge(False, "learn-shape, bf16", f"exit {status.get('learn', 'not run')}")]
+    gap = (fixed[-1]["expected"] - fixed[-1]["target"]) / fixed[-1]["target"]
+    return [
+        Check.judge(abs(gap) < 0.02, "learn-shape, bf16", f"size at fixing {gap:+.2%} of target")
+    ]
+
+
 def impl(result: dict[str, Any], name: str) -> dict[str, Any] | None:
     return result.get("impls", {}).get(name)
 
@@ -248,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *resume_checks(out, status, args.checkpoint_step),
         *eval_checks(out, status),
         *ladder_checks(out, status),
+        *learn_checks(out, status),
         *bench_checks(bench, status, args.device),
         *lever_found,
     ]

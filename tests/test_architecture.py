@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"evaluation", "hf"},
     {"launch"},
     {"compare"},
-    {"analysis", "search", "ladder"},
+    {"analysis", "search", "ladder", "learn"},
     {"cli"},
     {"__main__"},
 ]
@@ -56,6 +56,8 @@ TORCH_FREE_MODULES = {
     "layerwise.evaluation.metrics",
     "layerwise.evaluation.report",
     "layerwise.search.space",
+    "layerwise.learn",
+    "layerwise.learn.budget",
     "layerwise.ladder",
     "layerwise.ladder.table",
     "layerwise.ladder.law",

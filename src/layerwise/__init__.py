@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from layerwise.ladder.run import run_ladder
     from layerwise.ladder.table import read_table
     from layerwise.launch import train
+    from layerwise.learn.confirm import learned_comparison
+    from layerwise.learn.report import write_learn_report
+    from layerwise.learn.run import learn_shape, make_learn_plan
     from layerwise.profiles.budget import BudgetResult, resolve_shape, solve_budget
     from layerwise.profiles.recipes import (
         PRESETS,
@@ -57,6 +60,10 @@ _PUBLIC = {
     "write_ladder_report_of": "layerwise.ladder.results",
     "fit_ladder": "layerwise.ladder.fit",
     "read_table": "layerwise.ladder.table",
+    "make_learn_plan": "layerwise.learn.run",
+    "learn_shape": "layerwise.learn.run",
+    "write_learn_report": "layerwise.learn.report",
+    "learned_comparison": "layerwise.learn.confirm",
     "PRESETS": "layerwise.profiles.recipes",
     "SHAPES": "layerwise.profiles.recipes",
     "ProfileSpec": "layerwise.profiles.recipes",
@@ -86,10 +93,13 @@ __all__ = [
     "__version__",
     "fit_ladder",
     "flops_per_token",
+    "learn_shape",
+    "learned_comparison",
     "load_config",
     "load_model",
     "lookup_spec",
     "make_ladder_plan",
+    "make_learn_plan",
     "make_plan",
     "non_embedding_params",
     "plan_run",
@@ -102,6 +112,7 @@ __all__ = [
     "total_params",
     "train",
     "write_ladder_report_of",
+    "write_learn_report",
     "write_report",
 ]
 

@@ -28,6 +28,7 @@ DIRECTORY_OUTPUTS: dict[str, Callable[[Path, str], list[str]]] = {
     "export": lambda tmp, out: ["export", str(tmp / "run"), "--out", out],
     "import": lambda tmp, out: ["import", str(tmp / "hf"), "--out", out],
     "search": lambda tmp, out: ["search", str(tmp / "tiny.yaml"), "--out", out],
+    "learn-shape": lambda tmp, out: ["learn-shape", str(tmp / "tiny.yaml"), "--out", out],
     "demo": lambda tmp, out: ["demo", "--out", out],
 }
 """Commands writing a directory; `run.dir` is the config key train writes to."""

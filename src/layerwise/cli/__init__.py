@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "analyze",
     "search",
     "ladder",
+    "learn_shape",
 )
 
 

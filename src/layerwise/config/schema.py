@@ -292,6 +292,37 @@ class LadderConfig:
 
 
 @dataclass
+class LearnConfig:
+    """`layerwise learn-shape`: each layer's width learned in one run of a gated supernet
+    (hard-concrete gates on FFN channels and GQA groups, a Lagrangian on the expected size, as
+    in Sheared-LLaMA); `train` ignores it."""
+
+    target_params: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
+    """The learned shape's parameter count; null: the config's own model's (its profile,
+    `model.match` or `model.target_params` as the config resolves them)."""
+    target_flops: int | None = field(default=None, metadata={**_COUNT, **_bounds(1)})
+    """Instead of a parameter count: training FLOPs per token (`data.seq_len` long)."""
+    max_ffn: float = field(default=4.0, metadata=_bounds(above=0))
+    """The supernet's FFN width in every layer, as a multiple of d_model (the study's widest)."""
+    max_qkv: float = field(default=1.0, metadata=_bounds(above=0))
+    """Its query width as a multiple of d_model, in whole GQA groups."""
+    fix_at: float = field(default=0.7, metadata=_bounds(above=0, high=1))
+    """Share of `train.steps` after which the gates are fixed to 0 or 1: the rest of the run
+    trains the narrower model they leave."""
+    target_warmup: float = field(default=0.3, metadata=_bounds(0, high=1))
+    """Share of the gated steps over which the target moves from the supernet's expected size
+    to the budget (Sheared-LLaMA's warmup), so the gates are not crushed in the first steps."""
+    init_keep: float = field(default=0.95, metadata=_bounds(above=0, high=0.999))
+    """Every gate's initial probability of being open."""
+    gate_lr: float = field(default=0.05, metadata=_bounds(above=0))
+    """AdamW learning rate of the gates' log_alpha (constant: not on the model's schedule)."""
+    lambda_lr: float = field(default=0.05, metadata=_bounds(above=0))
+    """AdamW learning rate of the ascent on the two Lagrange multipliers (constant)."""
+    log_interval: int = field(default=10, metadata=_bounds(1))
+    """Steps between records of the gates' state (the trajectory figure)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -307,6 +338,9 @@ class Config:
     """Operational as a whole: left out of the config hash, so adding it changed no run's hash."""
     ladder: LadderConfig = field(default_factory=LadderConfig, metadata=_OPERATIONAL)
     """Operational as a whole, as `compare` is: it says which runs to make, not what one learns."""
+    learn: LearnConfig = field(default_factory=LearnConfig, metadata=_OPERATIONAL)
+    """Operational for `train`, which never reads it; `learn-shape` refuses to continue a run
+    whose `learn:` settings changed (layerwise.learn.plan)."""
 
 
 @dataclass(frozen=True)
