@@ -25,10 +25,10 @@ from layerwise.distributed.env import init_distributed
 from layerwise.ladder.plan import OLMO_LR, make_ladder_plan
 from layerwise.ladder.results import write_ladder_report_of
 from layerwise.ladder.run import prepare, run_ladder, sweep_edges, sweep_lr, train_runs
+from layerwise.launch import train
 from layerwise.profiles.shape import LayerSpec, ModelShape
 from layerwise.profiles.shapefile import write_shape_file
 from layerwise.training.shape import config_shape
-from layerwise.launch import train
 from layerwise.util.errors import UserError
 
 SMOKE = CONFIGS / "ladder-smoke.yaml"
@@ -170,7 +170,7 @@ def test_a_shape_file_is_a_profile_named_by_its_shape_at_every_rung(
     plan = make_ladder_plan(
         SMOKE, tmp_path / "out", [f"data.dir={data}"], profiles=["isotropic", path]
     )
-    sizes, runs = prepare(plan, 1)
+    _, runs = prepare(plan, 1)
     learned = [p for p in runs if p.run.profile == "learned"]
     assert learned and all(p.run.cell.run_dir.parts[-2] == "learned" for p in learned)
     for planned in learned:  # two anchors stretched over each rung's depth, matched to isotropic

@@ -137,17 +137,12 @@ def read_shape_file(path: str | Path) -> ShapeFile:
 
 
 def _multipliers(value: object, path: Path, key: str) -> tuple[float, ...]:
-    numbers = (
-        [float(v) for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
-        if isinstance(value, list)
-        else []
-    )
+    items: list[object] = value if isinstance(value, list) else []
+    numbers = [float(v) for v in items if isinstance(v, int | float) and not isinstance(v, bool)]
     if (
-        not numbers
-        or len(numbers) != len(value)
-        or any(  # type: ignore[arg-type]
-            not math.isfinite(v) or v <= 0 for v in numbers
-        )
+        not items
+        or len(numbers) != len(items)
+        or not all(math.isfinite(v) and v > 0 for v in numbers)
     ):
         raise UserError(f"shape file {path}: `{key}` must be a list of numbers above 0")
     return tuple(numbers)
