@@ -4,7 +4,8 @@ what the gates kept into a shape file that every command taking a profile accept
 DIR/ holds `supernet/` (an ordinary run directory: checkpoints, metrics.jsonl with the gates'
 records, summary.json), `learn.json` (the settings, so a rerun that changed them is refused
 rather than mixing two experiments), and the outputs: `learned-shape.yaml`, the report and its
-figures. A rerun resumes an interrupted supernet run and rewrites the outputs from it.
+figures. A rerun with `run.resume=auto` (`--resume`) continues an interrupted supernet run, or
+takes a finished one as it is, and writes the outputs from it again.
 """
 
 from __future__ import annotations
