@@ -458,7 +458,6 @@ def make_plan(
     shape file among `profiles` becomes such a custom profile, named as the file names it."""
     if not Path(config).is_file():
         raise UserError(f"config {config} not found")
-    check_profile_names([name for name in profiles if is_shape_file(name)])
     shapes = {
         **(shapes or {}),
         **{profile_label(n): profile_overrides(n) for n in profiles if is_shape_file(n)},

@@ -340,7 +340,7 @@ class Config:
     """Operational as a whole, as `compare` is: it says which runs to make, not what one learns."""
     learn: LearnConfig = field(default_factory=LearnConfig, metadata=_OPERATIONAL)
     """Operational for `train`, which never reads it; `learn-shape` refuses to continue a run
-    whose `learn:` settings changed (layerwise.learn.plan)."""
+    whose `learn:` settings changed (layerwise.learn.run)."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """The learning of a shape, as a training callback: each step it moves the constraint's target
-and, every few steps, records where the width is going; at
-the fixing step it fixes the gates. Everything it changes lives in the model (gates, buffers)
-or follows from the step, so a resumed run continues exactly."""
+and, every few steps, records where the width is going; at the fixing step it fixes the gates.
+Everything it changes lives in the model's parameters or follows from the step, so a resumed
+run continues exactly."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
@@ -47,21 +48,8 @@ class ShapeLearning(Callback):
         if step == self.fix_step:
             before = gates_record(model, step)
             model.fix()
-            kept = kept_shape(model)
-            trainer.log(
-                {
-                    **before,
-                    "fixed": True,
-                    "kept": [
-                        {
-                            "d_ffn": layer.d_ffn,
-                            "n_heads": layer.n_heads,
-                            "n_kv_heads": layer.n_kv_heads,
-                        }
-                        for layer in kept.layers
-                    ],
-                }
-            )
+            kept = [asdict(layer) for layer in kept_shape(model).layers]
+            trainer.log({**before, "fixed": True, "kept": kept})
             return
         model.target = self.target_at(step)
         if step % self.log_interval == 0:

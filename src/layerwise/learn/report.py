@@ -30,7 +30,7 @@ from layerwise.training.shape import profile_spec
 from layerwise.util.errors import UserError
 from layerwise.util.files import atomic_write_text
 from layerwise.util.plots import save_figure
-from layerwise.util.render import Bullets, Figures, Paragraph, Section, Table, render_markdown
+from layerwise.util.render import Figures, Paragraph, Section, Table, render_markdown
 
 TITLE = "Learned shape"
 
@@ -117,7 +117,7 @@ def summary_section(
         f"landed by the budget solver at {_gap(learned.landed.achieved, target)}."
     )
     final = learned.summary.final_val_loss
-    blocks: list[Paragraph | Bullets] = [Paragraph(text)]
+    blocks = [Paragraph(text)]
     if final is not None:
         blocks.append(
             Paragraph(

@@ -15,10 +15,9 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from layerwise.config.loader import config_hash, load_config
 from layerwise.config.schema import Config, total_steps
@@ -36,7 +35,7 @@ from layerwise.profiles.budget import BudgetResult, solve_budget
 from layerwise.profiles.shape import LayerSpec, Metric, ModelShape, measure
 from layerwise.profiles.shapefile import shape_multipliers, write_shape_file
 from layerwise.runs.files import METRICS_FILE, RunSummary, read_records
-from layerwise.training.build import block_options, with_data_vocab
+from layerwise.training.build import build_model, with_data_vocab
 from layerwise.training.callbacks.base import Callback
 from layerwise.training.shape import config_shape, profile_spec
 from layerwise.training.trainer import ModelBuilder
@@ -173,22 +172,16 @@ def make_learn_plan(
 
 
 def supernet_builder(plan: LearnPlan) -> ModelBuilder:
-    """Builds the gated supernet where `train` would build the plain model."""
+    """Builds the gated supernet where `train` would build the plain model, seeded as it is."""
     learn = plan.config.learn
-
-    def build(shape: ModelShape, config: Config, device: torch.device) -> GatedTransformer:
-        torch.manual_seed(config.train.seed)  # as build_model: every device starts the same
-        model = GatedTransformer(
-            shape,
-            block_options(config),
-            plan.costs,
-            learn.init_keep,
-            learn.gate_lr,
-            learn.lambda_lr,
-        )
-        return model.to(device)
-
-    return build
+    supernet = partial(
+        GatedTransformer,
+        costs=plan.costs,
+        init_keep=learn.init_keep,
+        gate_lr=learn.gate_lr,
+        lambda_lr=learn.lambda_lr,
+    )
+    return partial(build_model, make=supernet)
 
 
 def shape_learning(plan: LearnPlan) -> ShapeLearning:

@@ -4,8 +4,8 @@ FFN channels and each GQA group, and the Lagrangian that drives its expected siz
 The loss it trains on is the language-model loss plus `lambda1 * r + lambda2 * r**2`, r the
 expected size's relative gap to the target; the multipliers rise by gradient ascent on the same
 term (`LagrangeMultipliers`), so the constraint tightens until it holds (Sheared-LLaMA, Xia et
-al. 2023). The
-reported loss is the language-model loss alone: the term joins the gradient, not the number.
+al. 2023). The reported loss is the language-model loss alone: the term joins the gradient,
+not the number.
 
 `fix` ends the learning: in each layer the expected number of open gates, rounded, are kept
 (most wanted first), each kept unit's mean gate is folded into the weights it feeds, and every

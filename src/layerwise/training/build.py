@@ -8,6 +8,7 @@ from `training.shape` (torch-free).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -31,10 +32,17 @@ def block_options(config: Config) -> BlockOptions:
     )
 
 
-def build_model(shape: ModelShape, config: Config, device: torch.device) -> Transformer:
+ModelClass = Callable[[ModelShape, BlockOptions], Transformer]
+"""Makes the model from its widths and block options: `Transformer`, or a subclass with more
+to it (learned shapes' gated supernet, its other settings bound with `functools.partial`)."""
+
+
+def build_model(
+    shape: ModelShape, config: Config, device: torch.device, make: ModelClass = Transformer
+) -> Transformer:
     """The model on `device`, initialised from `train.seed` on the CPU so every device agrees."""
     torch.manual_seed(config.train.seed)
-    return Transformer(shape, block_options(config)).to(device)
+    return make(shape, block_options(config)).to(device)
 
 
 def speed_options(config: Config) -> SpeedOptions:

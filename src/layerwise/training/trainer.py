@@ -469,9 +469,9 @@ def train(
 ) -> RunSummary:
     """Train (or, with run.resume=auto, continue) one run and return its summary.
 
-    `callbacks` join the built-in ones, ordered by priority; `build` makes the model. This is the core loop alone:
-    `layerwise.train` (layerwise.launch) adds the callbacks the config asks for, such as
-    in-loop downstream evaluation. Raises UserError for bad settings or data, NonFiniteLoss if
+    `callbacks` join the built-in ones, ordered by priority; `build` makes the model. This is
+    the core loop alone: `layerwise.train` (layerwise.launch) adds the callbacks the config
+    asks for, such as in-loop downstream evaluation. Raises UserError for bad settings or data, NonFiniteLoss if
     training diverges (the last good checkpoint stays) and RunInterrupted after a
     signal-triggered checkpoint.
     """
